@@ -1,0 +1,106 @@
+"""Tolerant extraction of answers from model text: JSON plans, final numbers, marked answers.
+
+Every function here accepts arbitrary text and returns None (or an empty result) instead of raising.
+Inputs are truncated to :data:`MAX_TEXT` characters first, so a pathological answer costs bounded time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "MAX_TEXT",
+    "after_answer_marker",
+    "extract_json",
+    "last_number",
+    "parse_clock",
+    "strip_thinking",
+]
+
+MAX_TEXT = 50_000  # characters of an answer that any parser looks at
+
+_FENCE = re.compile(r"```(?:json|JSON|python)?\s*\n?(.*?)```", re.DOTALL)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_MARKER = re.compile(
+    r"(?:final answer|the answer is|answer\s*:|answer is|solution\s*:)\s*[:=]?\s*", re.IGNORECASE
+)
+_CLOCK = re.compile(r"^\s*(\d{1,2})\s*:\s*(\d{2})\s*(am|pm|AM|PM|a\.m\.|p\.m\.)?\s*$")
+
+
+def strip_thinking(text: str) -> str:
+    """Drop a leading ``<think>...</think>`` block (R1-style reasoning) and truncate to MAX_TEXT."""
+    text = text[:MAX_TEXT] if isinstance(text, str) else ""
+    end = text.rfind("</think>")
+    return text[end + len("</think>") :] if end >= 0 else text
+
+
+def extract_json(text: str, *, want: type | tuple[type, ...] = (dict, list), max_starts: int = 200) -> Any:
+    """The first JSON value of the wanted type in ``text`` (fenced code blocks first), or None.
+
+    Args:
+        text: model output.
+        want: accepted Python types of the decoded value.
+        max_starts: at most this many ``{``/``[`` positions are tried.
+    """
+    text = strip_thinking(text)
+    decoder = json.JSONDecoder()
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    for candidate in candidates:
+        starts = [i for i, c in enumerate(candidate) if c in "{["][:max_starts]
+        for start in starts:
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(value, want):
+                return value
+    return None
+
+
+def after_answer_marker(text: str) -> str:
+    """The text after the last "answer is" / "Answer:" / ``\\boxed{...}`` marker, or the last non-empty
+    line; at most one line."""
+    text = strip_thinking(text)
+    boxed = text.rfind("\\boxed{")
+    if boxed >= 0:
+        start = boxed + len("\\boxed{")
+        depth, end = 1, start
+        while end < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        return text[start : end - 1 if depth == 0 else end].strip()
+    markers = list(_MARKER.finditer(text))
+    if markers:
+        rest = text[markers[-1].end() :].strip()
+        return rest.splitlines()[0].strip() if rest else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (commas removed, e.g. ``"1,234"`` -> ``"1234"``), or None."""
+    found = _NUMBER.findall(strip_thinking(text))
+    if not found:
+        return None
+    return found[-1].replace(",", "").rstrip(".")
+
+
+def parse_clock(text: Any) -> int | None:
+    """Minutes after midnight of ``"9:30"``, ``"9:30AM"``, ``"1:05 pm"``; None if not a time."""
+    if not isinstance(text, str) or len(text) > 20:
+        return None
+    match = _CLOCK.match(text)
+    if not match:
+        return None
+    hour, minute, half = int(match.group(1)), int(match.group(2)), (match.group(3) or "").lower()
+    if minute > 59:
+        return None
+    if half:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if half.startswith("p") else 0)
+    elif hour > 23:
+        return None
+    return hour * 60 + minute
