@@ -120,12 +120,14 @@ class Task(ABC):
         description: one line for ``testtime tasks list``.
         splits: the splits ``instances`` accepts; the first is the default.
         difficulty: the difficulty knobs and their defaults (generated tasks), e.g. ``{"num_people": 4}``.
+        difficulty_min: the smallest value of a knob where it is not 1.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("test",)
     difficulty: ClassVar[Mapping[str, int]] = {}
+    difficulty_min: ClassVar[Mapping[str, int]] = {}  # the smallest allowed value of a knob (default 1)
 
     # -- instances ---------------------------------------------------------------------------------------
     def instances(
@@ -184,8 +186,9 @@ class Task(ABC):
             raise UserError(f"task {self.name!r} has no difficulty knob(s) {unknown}; knobs: {known}")
         knobs = {**self.difficulty, **{k: int(v) for k, v in difficulty.items()}}
         for key, value in knobs.items():
-            if value < 1:
-                raise UserError(f"difficulty {key} must be >= 1, got {value}")
+            low = self.difficulty_min.get(key, 1)
+            if value < low:
+                raise UserError(f"difficulty {key} must be >= {low}, got {value}")
         return knobs
 
     # -- prompts and verification --------------------------------------------------------------------
