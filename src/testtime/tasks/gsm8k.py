@@ -1,0 +1,116 @@
+"""GSM8K (Cobbe et al. 2021): grade-school math word problems, answers checked with math-verify.
+
+The gold answer is the number after ``#### ``. A model's final answer is extracted by math-verify
+(``\\boxed{}``, "the answer is", or the last number) from the last 4,000 characters of its text; if
+math-verify is not installed or finds nothing, the last number in the text is compared exactly. math-verify's
+signal-based timeouts only work in the main thread, so they are switched off elsewhere (RL workers).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import random
+import threading
+from collections.abc import Mapping
+from fractions import Fraction
+from importlib import resources
+from typing import Any
+
+from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.parsing import last_number, strip_thinking
+
+__all__ = ["GSM8K", "gold_answer", "answers_match"]
+
+_TAIL = 4000  # characters of the answer that math-verify looks at
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[dict[str, Any], ...]:
+    path = resources.files("testtime") / "data" / "gsm8k" / "test.jsonl.gz"
+    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        return tuple(json.loads(line) for line in lines if line.strip())
+
+
+def gold_answer(solution: str) -> str:
+    """The number after ``####`` in a GSM8K solution, commas removed."""
+    return solution.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def _exact(found: str | None, gold: str) -> bool:
+    if found is None:
+        return False
+    try:
+        return Fraction(found) == Fraction(gold)
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def answers_match(answer: str, gold: str) -> tuple[bool, str | None]:
+    """Whether a model's answer text ends in the gold number; also the extracted answer (for feedback).
+
+    Returns:
+        ``(match, extracted)``.
+    """
+    text = strip_thinking(answer if isinstance(answer, str) else "")[-_TAIL:]
+    fallback = last_number(text)
+    try:
+        from math_verify import parse, verify
+    except ImportError:  # optional dependency (testtime[tasks])
+        return _exact(fallback, gold), fallback
+    main = threading.current_thread() is threading.main_thread()
+    timeout = 5 if main else None
+    try:
+        predicted = parse(text, parsing_timeout=timeout)
+        if not predicted:
+            return _exact(fallback, gold), fallback
+        ok = verify(parse(gold, parsing_timeout=timeout), predicted, timeout_seconds=timeout)
+        shown = str(predicted[-1]) if predicted else fallback
+        return bool(ok), shown
+    except Exception:  # math-verify raises on pathological input despite raise_on_error=False; fall back
+        return _exact(fallback, gold), fallback
+
+
+class GSM8K(Task):
+    """GSM8K test split (1,319 problems); the answer is the final number."""
+
+    name = "gsm8k"
+    description = "GSM8K grade-school math (1,319 test problems), checked with math-verify"
+    splits = ("test",)
+
+    def _instances(
+        self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
+    ) -> list[Instance]:
+        rows = _load()
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        out = []
+        for i in order[: len(order) if n is None else n]:
+            gold = gold_answer(rows[i]["answer"])
+            data = {"question": rows[i]["question"], "answer": gold, "solution": rows[i]["answer"]}
+            out.append(
+                Instance(
+                    task=self.name, id=f"test-{i}", data=data, reference=f"The answer is \\boxed{{{gold}}}."
+                )
+            )
+        return out
+
+    def prompt(self, instance: Instance) -> str:
+        return (
+            f"{instance.data['question']}\n"
+            "Solve the problem step by step, then give the final number as \\boxed{N}."
+        )
+
+    def verify(self, instance: Instance, answer: str) -> Verdict:
+        ok, found = answers_match(answer, instance.data["answer"])
+        if ok:
+            return Verdict(score=1.0, solved=True, feedback="Correct.", details={"answer": found})
+        if found is None:
+            return Verdict(score=0.0, solved=False, feedback="No final answer found; end with \\boxed{N}.")
+        return Verdict(
+            score=0.0,
+            solved=False,
+            feedback=f"The final answer {found[:40]} is wrong.",
+            details={"answer": found[:40]},
+        )

@@ -1,0 +1,106 @@
+"""HumanEval (Chen et al. 2021): complete a Python function; scored by running its tests in a sandbox.
+
+The answer is either a completion of the prompt (the function body, as the benchmark expects) or a whole
+function definition, optionally inside a fenced code block. The program ``prompt + completion + tests +
+check(entry_point)`` (or the prompt's imports + the whole function + tests) runs in
+:func:`testtime.tasks.sandbox.run_python`, never in the library's process. Score 1.0 if every test passes,
+else 0.0; the feedback carries the last lines of the error (assertion, exception, timeout or memory).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import random
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.parsing import strip_thinking
+from testtime.tasks.sandbox import run_python
+
+__all__ = ["HumanEval", "build_program"]
+
+_FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[dict[str, Any], ...]:
+    path = resources.files("testtime") / "data" / "humaneval" / "HumanEval.jsonl.gz"
+    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        return tuple(json.loads(line) for line in lines if line.strip())
+
+
+def build_program(data: Mapping[str, Any], answer: str) -> str:
+    """The test program for an answer: the completed function, the benchmark's tests and the check call."""
+    text = strip_thinking(answer if isinstance(answer, str) else "")
+    blocks = _FENCE.findall(text)
+    entry = data["entry_point"]
+    if blocks:
+        with_def = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", b, re.M)]
+        code = (with_def or blocks)[0]
+    else:
+        code = text
+    if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.M):  # a whole function (top level)
+        imports = "\n".join(
+            line for line in data["prompt"].splitlines() if line.startswith(("import ", "from "))
+        )
+        body = imports + "\n\n" + code
+    else:
+        body = data["prompt"] + code
+    return f"{body}\n\n{data['test']}\n\ncheck({entry})\n"
+
+
+class HumanEval(Task):
+    """HumanEval's 164 problems; tests run in a sandboxed subprocess."""
+
+    name = "humaneval"
+    description = "HumanEval Python function completion (164 problems), tests run in a sandbox"
+    splits = ("test",)
+
+    def __init__(self, *, cpu_seconds: int = 5, wall_seconds: float = 10.0, memory_mb: int = 1024) -> None:
+        self.limits = {"cpu_seconds": cpu_seconds, "wall_seconds": wall_seconds, "memory_mb": memory_mb}
+
+    def _instances(
+        self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
+    ) -> list[Instance]:
+        rows = _load()
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        out = []
+        for i in order[: len(order) if n is None else n]:
+            row = rows[i]
+            data = {k: row[k] for k in ("task_id", "prompt", "test", "entry_point")}
+            out.append(
+                Instance(task=self.name, id=row["task_id"], data=data, reference=row["canonical_solution"])
+            )
+        return out
+
+    def prompt(self, instance: Instance) -> str:
+        return (
+            "Complete the following Python function. Answer with the complete function in one ```python "
+            f"code block.\n\n```python\n{instance.data['prompt']}```"
+        )
+
+    def verify(self, instance: Instance, answer: str) -> Verdict:
+        program = build_program(instance.data, answer)
+        result = run_python(program, **self.limits)
+        if result.status == "passed":
+            return Verdict(
+                score=1.0, solved=True, feedback="All tests pass.", details={"status": result.status}
+            )
+        tail = "\n".join(result.stderr.strip().splitlines()[-4:])[-600:]
+        reason = {
+            "timeout": "The program ran out of time (infinite loop or too slow).",
+            "memory": "The program ran out of memory.",
+            "output_limit": "The program wrote too much output.",
+        }.get(result.status, "The tests fail.")
+        return Verdict(
+            score=0.0,
+            solved=False,
+            feedback=f"{reason}\n{tail}".strip(),
+            details={"status": result.status, "returncode": result.returncode},
+        )
