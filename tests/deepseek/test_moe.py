@@ -1,0 +1,159 @@
+"""DeepSeekMoE: routing rules, grouped experts == dense loop, balance losses, the bias update, telemetry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from testtime.deepseek import DeepSeekV3Config, DeepSeekV3ForCausalLM
+from testtime.deepseek.balance import GammaSchedule, LoadTracker, max_violation, update_routing_bias
+from testtime.deepseek.moe import MoE, balance_loss, dense_experts_reference, grouped_experts, route
+
+
+def _moe(dtype: torch.dtype = torch.float64, **overrides: object) -> MoE:
+    torch.manual_seed(0)
+    values = dict(
+        hidden_size=32,
+        moe_intermediate_size=16,
+        n_routed_experts=16,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+    )
+    values.update(overrides)
+    moe = MoE(DeepSeekV3Config.tiny(**values)).to(dtype)
+    with torch.no_grad():
+        moe.gate.float()
+        for p in moe.parameters():
+            p.normal_(0, 0.3)
+    return moe
+
+
+def test_route_follows_the_rules() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 16, generator=g)
+    bias = torch.randn(16, generator=g) * 0.3
+    gates, idx, scores = route(logits, bias, top_k=4, n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    # node-limited: at most topk_group groups per token
+    assert ((idx // 4).sort(-1).values.diff(dim=-1) != 0).sum(-1).max() + 1 <= 2
+    # gates are the UNBIASED sigmoid affinities of the chosen experts, normalised, times the scaling factor
+    chosen = torch.sigmoid(logits).gather(1, idx)
+    torch.testing.assert_close(gates, 2.5 * chosen / chosen.sum(-1, keepdim=True))
+    # the choice uses the bias: brute force over group pairs
+    biased = torch.sigmoid(logits) + bias
+    for t in range(0, 500, 37):
+        groups = biased[t].view(4, 4).topk(2, -1).values.sum(-1).topk(2).indices
+        allowed = torch.cat([torch.arange(4 * int(gi), 4 * int(gi) + 4) for gi in groups])
+        best = allowed[biased[t, allowed].topk(4).indices]
+        assert set(best.tolist()) == set(idx[t].tolist())
+    assert scores.shape == (500, 16)
+
+
+@pytest.mark.parametrize("use_grouped_mm", [True, False])
+def test_grouped_experts_equal_dense_loop(use_grouped_mm: bool) -> None:
+    dtype = torch.float32 if use_grouped_mm else torch.float64
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 32, generator=g, dtype=dtype, requires_grad=True)
+    gate_up = torch.randn(8, 2 * 16, 32, generator=g, dtype=dtype, requires_grad=True)
+    down = torch.randn(8, 32, 16, generator=g, dtype=dtype, requires_grad=True)
+    idx = torch.randint(0, 7, (64, 2), generator=g)  # expert 7 gets nothing
+    idx[:, 1] = (idx[:, 0] + 1 + torch.randint(0, 5, (64,), generator=g)) % 7
+    gates = torch.rand(64, 2, generator=g, dtype=dtype)
+    got = grouped_experts(x, gates, idx, gate_up, down, use_grouped_mm=use_grouped_mm)
+    want = dense_experts_reference(x, gates, idx, gate_up, down)
+    tol = 1e-4 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    w = torch.randn(64, 32, generator=g, dtype=dtype)
+    grads = torch.autograd.grad((got * w).sum(), (x, gate_up, down))
+    grads_ref = torch.autograd.grad((want * w).sum(), (x, gate_up, down))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=10 * tol, rtol=10 * tol)
+
+
+def test_balance_losses_by_hand() -> None:
+    g = torch.Generator().manual_seed(2)
+    b, t, e, k = 3, 10, 8, 2
+    scores = torch.rand(b * t, e, generator=g, dtype=torch.float64)
+    idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(b * t)])
+    per_seq = []
+    for s in range(b):
+        rows = range(s * t, (s + 1) * t)
+        total = 0.0
+        for i in range(e):
+            f = e / (k * t) * sum(int(i in idx[r].tolist()) for r in rows)
+            p = sum(float(scores[r, i] / scores[r].sum()) for r in rows) / t
+            total += f * p
+        per_seq.append(total)
+    seq = balance_loss(scores, idx, batch_size=b, mode="sequence")
+    assert float(seq) == pytest.approx(sum(per_seq) / b, rel=1e-12)
+    batch = balance_loss(scores, idx, batch_size=b, mode="batch")
+    f = torch.zeros(e, dtype=torch.float64).scatter_add_(
+        0, idx.flatten(), torch.ones(b * t * k, dtype=torch.float64)
+    )
+    f = f * e / (k * b * t)
+    p = (scores / scores.sum(-1, keepdim=True)).mean(0)
+    assert float(batch) == pytest.approx(float((f * p).sum()), rel=1e-12)
+
+
+def test_moe_layer_matches_reference_and_records_load() -> None:
+    moe = _moe().eval()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    out = moe(x)
+    gates, idx, _ = moe.gate(x.view(-1, 32))
+    want = dense_experts_reference(
+        x.view(-1, 32), gates, idx, moe.experts.gate_up_proj, moe.experts.down_proj
+    ) + moe.shared_experts(x.view(-1, 32))
+    torch.testing.assert_close(out.view(-1, 32), want, atol=1e-12, rtol=1e-12)
+    assert moe.last_load.sum() == 2 * 9 * 4
+    assert moe.aux_loss is None and moe.pending_load.sum() == 0  # eval mode: nothing pending
+    moe.train()
+    moe(x)
+    assert moe.pending_load.sum() == 2 * 9 * 4 and moe.aux_loss is not None and moe.aux_loss > 0
+
+
+def test_bias_update_moves_loads_toward_balance() -> None:
+    moe = _moe(torch.float32, n_routed_experts=16, num_experts_per_tok=2, n_group=1, topk_group=1)
+    g = torch.Generator().manual_seed(5)
+    direction = torch.randn(32, generator=g)
+    with torch.no_grad():
+        moe.gate.weight[:4] += 0.3 * direction  # experts 0-3 attract tokens along `direction`
+    moe.train()
+    x = torch.randn(512, 32, generator=g) + direction  # correlated tokens: a strongly imbalanced router
+
+    def violation() -> float:
+        with torch.no_grad():
+            moe(x.view(8, 64, 32))
+        return float(max_violation(moe.last_load))
+
+    start = violation()
+    update_routing_bias(moe, 0.0)  # resets the pending load only
+    assert torch.equal(moe.gate.e_score_correction_bias, torch.zeros(16))
+    history = []
+    for _ in range(300):
+        history.append(violation())
+        load = moe.pending_load.clone()
+        before = moe.gate.e_score_correction_bias.clone()
+        update_routing_bias(moe, 0.01)
+        step = moe.gate.e_score_correction_bias - before
+        torch.testing.assert_close(step, 0.01 * torch.sign(load.mean() - load))  # the rule, exactly
+    assert start > 2.0
+    assert sum(history[-20:]) / 20 < 0.35 * start
+
+
+def test_gamma_schedule_and_tracker() -> None:
+    schedule = GammaSchedule(gamma=0.001, stop_fraction=0.5)
+    assert schedule(0, 100) == 0.001 and schedule(49, 100) == 0.001 and schedule(50, 100) == 0.0
+    model = DeepSeekV3ForCausalLM(DeepSeekV3Config.tiny()).eval()
+    tracker = LoadTracker(model)
+    with torch.no_grad():
+        model(torch.randint(0, 128, (2, 16)))
+        tracker.record("code")
+        model(torch.randint(128, 256, (2, 16)))
+        tracker.record("prose")
+    summary = tracker.summary()
+    assert len(summary["dead_experts"]) == 2  # the main stack's MoE layers, not the MTP module's
+    assert summary["maxvio_global"] >= 0 and summary["maxvio_batch"] >= 0
+    assert set(summary["domain_load"]) == {"code", "prose"}
+    code = torch.tensor(summary["domain_load"]["code"])
+    torch.testing.assert_close(code.sum(-1), torch.ones(2))
+    assert summary["dead_experts"] == [int((row == 0).sum()) for row in tracker.total]
