@@ -1,0 +1,121 @@
+"""Sampling text from a trained model: temperature and top-k, with a KV cache when the model has one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from testtime.errors import UserError
+from testtime.train.checkpoint import CheckpointFiles, latest_checkpoint, load_weights
+from testtime.train.registry import build_model, get_model_spec, output_field, resolve_model_config
+from testtime.train.tokenizer import Tokenizer, load_tokenizer
+
+__all__ = ["generate", "load_trained", "resolve_checkpoint"]
+
+
+def _next_token(
+    logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> int:
+    """``logits (V,)`` -> a token id: argmax at temperature 0, else a draw from the (top-k) softmax."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    stop_id: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> list[int]:
+    """Continue ``prompt`` by up to ``max_new_tokens`` tokens.
+
+    Models with ``new_caches()`` decode one token per forward pass with key/value caches; others (or any
+    model once the context exceeds its ``max_seq_len``) re-read the last ``max_seq_len`` tokens each step.
+
+    Args:
+        model: a model following the trainer's contract (returns ``logits``).
+        prompt: token ids (at least one).
+        max_new_tokens: how many tokens to add at most.
+        temperature: softmax temperature (0: greedy).
+        top_k: sample among the k most likely tokens only.
+        stop_id: stop after generating this id (e.g. ``<|endoftext|>``).
+        generator: random source for sampling.
+        use_cache: use the model's caches when it has them.
+
+    Returns:
+        The new token ids (without the prompt).
+    """
+    if not prompt:
+        raise UserError("the prompt must have at least one token")
+    model.eval()
+    device = next(model.parameters()).device
+    max_len = int(getattr(model, "max_seq_len", 1 << 30))
+    caches = model.new_caches() if use_cache and hasattr(model, "new_caches") else None
+    ids, pending, new = list(prompt), list(prompt), []
+    for _ in range(max_new_tokens):
+        if caches is not None and len(ids) <= max_len:
+            out = model(torch.tensor([pending], device=device), caches=caches)
+        else:
+            caches = None
+            out = model(torch.tensor([ids[-max_len:]], device=device))
+        token = _next_token(
+            output_field(out, "logits")[0, -1], temperature=temperature, top_k=top_k, generator=generator
+        )
+        ids.append(token)
+        new.append(token)
+        pending = [token]
+        if token == stop_id:
+            break
+    return new
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run folder, a checkpoints folder, or a checkpoint folder itself."""
+    path = Path(path)
+    for candidate in (path / "checkpoints", path):
+        if (candidate / "latest").is_file():
+            found = latest_checkpoint(candidate)
+            if found is not None:
+                return found
+    if (path / CheckpointFiles.model).is_file():
+        return path
+    raise UserError(f"no checkpoint found at {path} (expected a run folder or a checkpoint folder)")
+
+
+def load_trained(
+    path: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """Rebuild a trained model from its checkpoint (config.yaml + tokenizer.json + model.safetensors).
+
+    Args:
+        path: a run folder or a checkpoint folder.
+        device: where to put the model.
+
+    Returns:
+        ``(model in eval mode, tokenizer, the saved configuration as a dict)``.
+    """
+    import yaml
+
+    ckpt = resolve_checkpoint(path)
+    saved = yaml.safe_load((ckpt / CheckpointFiles.config).read_text())
+    tokenizer = load_tokenizer(ckpt / CheckpointFiles.tokenizer)
+    spec = get_model_spec(saved["model"])
+    model_config = resolve_model_config(spec, saved.get("preset"), saved.get("model_config") or {})
+    model = build_model(spec, model_config, vocab_size=tokenizer.vocab_size)
+    model.load_state_dict(load_weights(ckpt))
+    return model.to(device).eval(), tokenizer, saved
