@@ -317,8 +317,9 @@ def evaluate_plan(
                 sandbox.append(f"cannot read day {index}'s transportation")
         for meal in ("breakfast", "lunch", "dinner"):
             total += 1
-            for name, city in _entries(day.get(meal, "-")):
-                filled += 1
+            entries = _entries(day.get(meal, "-"))
+            filled += bool(entries)
+            for name, city in entries:
                 row = restaurants.get((name, city))
                 if row is None:
                     sandbox.append(f"restaurant {name!r} in {city or '?'} is not in the information")
@@ -328,8 +329,9 @@ def evaluate_plan(
                 if city not in here:
                     elsewhere.append(f"day {index} {meal} is in {city}, not in {' or '.join(here)}")
         total += 1
-        for name, city in _entries(day.get("attraction", "-")):
-            filled += 1 if name else 0
+        entries = _entries(day.get("attraction", "-"))
+        filled += bool(entries)
+        for name, city in entries:
             if (name, city) not in attractions:
                 sandbox.append(f"attraction {name!r} in {city or '?'} is not in the information")
                 continue
