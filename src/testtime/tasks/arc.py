@@ -56,7 +56,9 @@ def extract_choice(text: str, labels: Sequence[str], texts: Sequence[str] = ()) 
         return bare.group(1)
     lowered = text.lower().rstrip(".")
     matches = [
-        label for label, option in zip(labels, texts, strict=False) if option.lower().strip() == lowered
+        label
+        for label, option in zip(labels, texts, strict=False)
+        if option.lower().strip().rstrip(".") == lowered
     ]
     return matches[0] if len(matches) == 1 else None
 

@@ -1,0 +1,112 @@
+"""HumanEval and its sandbox: gold solutions pass, wrong ones fail, hostile code is contained."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from testtime.tasks import get_task
+from testtime.tasks.humaneval import build_program
+from testtime.tasks.sandbox import run_python
+
+LIMITS = {"cpu_seconds": 1, "wall_seconds": 3.0, "memory_mb": 512, "max_output_bytes": 100_000}
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail() -> None:
+    task = get_task("humaneval")
+    assert len(task.instances(n=None)) == 164
+    for instance in task.instances(seed=0, n=6):
+        assert task.verify(instance, instance.reference).solved
+        entry = instance.data["entry_point"]
+        full = f"Here you go:\n```python\n{instance.data['prompt']}{instance.reference}```\n"
+        assert task.verify(instance, full).solved  # a whole function in a fenced block
+        wrong = task.verify(instance, f"```python\ndef {entry}(*args, **kwargs):\n    return None\n```")
+        assert not wrong.solved and wrong.details["status"] == "failed"
+
+
+def test_program_assembly() -> None:
+    data = {
+        "prompt": "import math\n\ndef f(x):\n",
+        "test": "def check(c):\n    assert c(4) == 2\n",
+        "entry_point": "f",
+    }
+    assert build_program(data, "    return math.isqrt(x)\n").startswith(
+        "import math\n\ndef f(x):\n    return math.isqrt"
+    )
+    whole = build_program(data, "```python\ndef f(x):\n    return 2\n```")
+    assert whole.startswith("import math\n\ndef f(x):\n    return 2") and whole.endswith("check(f)\n")
+
+
+def test_sandbox_kills_infinite_loops_and_sleepers() -> None:
+    for source in ("while True:\n    pass\n", "import time\ntime.sleep(60)\n"):
+        start = time.perf_counter()
+        result = run_python(source, **LIMITS)
+        assert result.status == "timeout" and time.perf_counter() - start < 6
+
+
+def test_sandbox_contains_memory_bombs_and_floods() -> None:
+    assert run_python("x = bytearray(8 * 1024**3)\n", **LIMITS).status == "memory"
+    assert run_python("x = [1] * (2 * 1024**3)\n", **LIMITS).status == "memory"
+    flood = run_python("print('y' * 10_000_000)\n", **LIMITS)
+    assert flood.status == "output_limit" and len(flood.stdout) <= LIMITS["max_output_bytes"]
+
+
+def test_sandbox_cannot_write_outside_its_directory(tmp_path: Path) -> None:
+    target = tmp_path / "escaped.txt"
+    attempts = [
+        f"open({str(target)!r}, 'w').write('x')",
+        f"import os\nos.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)",
+        f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
+        f"import os\nos.symlink({str(tmp_path)!r}, 'link')\nopen('link/escaped.txt', 'w')",
+        f"import os\nos.chdir({str(tmp_path)!r})\nopen('escaped.txt', 'w')",
+        f"import shutil\nshutil.copyfile('/etc/hostname', {str(target)!r})",
+        f"open('../' * 30 + {str(target)!r}.lstrip('/'), 'w')",
+    ]
+    for source in attempts:
+        result = run_python(source, **LIMITS)
+        assert result.status == "failed" and "PermissionError: sandbox" in result.stderr, source
+    assert not target.exists()
+    inside = run_python("open('mine.txt', 'w').write('ok')\nprint(open('mine.txt').read())", **LIMITS)
+    assert inside.status == "passed" and inside.stdout == "ok\n"
+
+
+def test_sandbox_blocks_processes_network_and_ctypes(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    attempts = [
+        f"import os\nos.system('touch {marker}')",
+        f"import subprocess\nsubprocess.run(['touch', {str(marker)!r}])",
+        "import os\nos.fork()",
+        f"import os\nos.execv('/usr/bin/touch', ['touch', {str(marker)!r}])",
+        "import socket\nsocket.socket()",
+        "import socket\nsocket.create_connection(('127.0.0.1', 9))",
+        "import ctypes",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)",
+        "import __main__\nprint(__main__._make_hook)",  # the guard's names are gone
+    ]
+    for source in attempts:
+        result = run_python(source, **LIMITS)
+        assert result.status == "failed", source
+    assert not marker.exists()
+    assert os.getpid() > 0  # we are still alive
+
+
+def test_humaneval_verdicts_for_hostile_answers() -> None:
+    from testtime.tasks.humaneval import HumanEval
+
+    task = HumanEval(cpu_seconds=1, wall_seconds=3.0, memory_mb=512)
+    instance = task.instances(seed=0)[0]
+    entry = instance.data["entry_point"]
+    loop = task.verify(instance, f"```python\ndef {entry}(*a):\n    while True:\n        pass\n```")
+    assert not loop.solved and "ran out of time" in loop.feedback
+    bomb = task.verify(instance, f"```python\ndef {entry}(*a):\n    return bytearray(64 * 1024**3)\n```")
+    assert not bomb.solved and "out of memory" in bomb.feedback
+
+
+@pytest.mark.slow
+def test_all_canonical_solutions_pass() -> None:
+    task = get_task("humaneval")
+    failing = [i.id for i in task.instances(n=None) if not task.verify(i, i.reference).solved]
+    assert failing == []
