@@ -58,7 +58,7 @@ def shakespeare_documents(*, chunk_chars: int = 10_000) -> list[Document]:
     The corpus is one file of consecutive speeches; cutting it into ~110 pieces gives the split-by-document
     something to split without cutting a speech in two.
     """
-    text = resources.files("testtime.data").joinpath("tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    text = resources.files("testtime").joinpath("data/tinyshakespeare/input.txt").read_text(encoding="utf-8")
     speeches = text.split("\n\n")
     docs: list[Document] = []
     current: list[str] = []
