@@ -1,0 +1,120 @@
+"""CLI commands of the LLM layer: ``testtime serve`` and ``testtime llm generate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import typer
+
+from testtime.errors import UserError
+
+__all__ = ["register"]
+
+_MODEL_HELP = "Model: 'smollm2' (embedded), a .gguf file, a local directory or a transformers hub id."
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``testtime serve`` and the ``testtime llm`` group to the CLI."""
+
+    @app.command("serve")
+    def serve(
+        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it)."),
+        port: int = typer.Option(8000, "--port", "-p", help="TCP port to listen on."),
+        api_key: str = typer.Option(
+            None,
+            "--api-key",
+            envvar="TESTTIME_SERVE_API_KEY",
+            help="Require 'Authorization: Bearer KEY' (also from $TESTTIME_SERVE_API_KEY; never printed).",
+        ),
+        served_name: str = typer.Option(
+            None, "--served-model-name", help="The model id clients ask for (default: the --model value)."
+        ),
+        max_batch_size: int = typer.Option(32, "--max-batch-size", help="Most rows (prompts x n) per batch."),
+        max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", help="Largest max_tokens accepted."),
+        max_prompt_tokens: int = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt accepted."),
+        max_wait_ms: float = typer.Option(
+            10.0, "--max-wait-ms", help="How long a request waits for others to share its batch."
+        ),
+        log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    ) -> None:
+        """Serve a local model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions,
+        /v1/completions), batching concurrent requests into the engine."""
+        try:
+            import uvicorn
+
+            from testtime.llm.local import LocalLLM
+            from testtime.llm.server import ServerLimits, create_app
+        except ModuleNotFoundError as exc:
+            raise UserError(f"`testtime serve` needs {exc.name}: pip install 'testtime[serve]'") from exc
+        if not 0 < port < 65536:
+            raise UserError(f"--port must be in 1..65535, got {port}")
+        start = time.perf_counter()
+        llm = LocalLLM.from_name(model, max_batch_size=max_batch_size)
+        name = served_name or model
+        limits = ServerLimits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
+        application = create_app(
+            llm, model_name=name, api_key=api_key, limits=limits, max_wait_s=max_wait_ms / 1000
+        )
+        path = "lean Llama forward" if llm.engine.lean else f"model forward ({llm.engine.fallback_reason})"
+        typer.echo(
+            f"serving {name!r} ({path}) on http://{host}:{port}/v1 "
+            f"(loaded in {time.perf_counter() - start:.1f} s; key {'required' if api_key else 'not required'})",
+        )
+        uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+    llm_app = typer.Typer(help="Sample from a language model with the local engine.", no_args_is_help=True)
+
+    @llm_app.command("generate")
+    def generate(
+        prompts: list[str] = typer.Argument(..., help="Prompts (each a user message unless --raw)."),
+        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        raw: bool = typer.Option(False, "--raw", help="Send prompts as raw text, without the chat template."),
+        n: int = typer.Option(1, "--n", "-n", help="Completions per prompt."),
+        temperature: float = typer.Option(
+            0.0, "--temperature", "-t", help="Softmax temperature; 0 is greedy."
+        ),
+        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+        max_tokens: int = typer.Option(128, "--max-tokens", help="Most tokens per completion."),
+        seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object per completion."),
+    ) -> None:
+        """Complete prompts with the local engine, batched, and print the answers with the throughput."""
+        from testtime.llm.local import LocalLLM
+        from testtime.llm.protocol import SamplingParams
+
+        try:
+            params = SamplingParams(
+                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        llm = LocalLLM.from_name(model)
+        batch = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
+        out = llm.generate(batch, params)
+        for prompt, choices in zip(prompts, out, strict=True):
+            for index, choice in enumerate(choices):
+                if as_json:
+                    typer.echo(
+                        json.dumps(
+                            {
+                                "prompt": prompt,
+                                "index": index,
+                                "text": choice.text,
+                                "finish_reason": choice.finish_reason,
+                                "completion_tokens": choice.completion_tokens,
+                            }
+                        )
+                    )
+                else:
+                    typer.echo(f"> {prompt}" + (f" [{index}]" if n > 1 else "") + f"\n{choice.text}\n")
+        usage = llm.usage
+        typer.echo(
+            f"{usage.completion_tokens} tokens in {usage.wall_seconds:.2f} s "
+            f"({usage.completion_tokens / max(usage.wall_seconds, 1e-9):.1f} tok/s, {os.cpu_count()} CPUs)",
+            err=True,
+        )
+
+    app.add_typer(llm_app, name="llm")

@@ -1,0 +1,227 @@
+"""The engine against transformers: greedy == generate, log-probs == a full forward pass, weight edits seen."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from testtime.llm.engine import Engine, lean_supported, sample_next
+
+PROMPTS = [[5, 17, 42, 9, 33, 2], [7, 8], [100, 101, 102, 103], [250]]
+
+
+@pytest.fixture(scope="module")
+def model64(tiny_llama_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64).eval()
+
+
+def _generate_reference(model, prompts, max_new_tokens, eos):
+    """``model.generate`` on a left-padded batch, cut after each row's first stop token."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+def _full_forward_logprobs(model, prompt, completion):
+    ids = torch.tensor([prompt + completion])
+    with torch.inference_mode():
+        logp = model(ids).logits[0].log_softmax(-1)
+    return [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_greedy_matches_generate(model64, lean):
+    engine = Engine(model64, lean=lean)
+    assert engine.lean is lean
+    # A common token of the random model as a stop token, so that some rows stop early and others do not.
+    eos = [int(torch.mode(torch.tensor(_generate_reference(model64, PROMPTS, 6, [-1])[0])).values)]
+    expected = _generate_reference(model64, PROMPTS, 14, eos)
+    result = engine.generate(PROMPTS, max_new_tokens=14, stop_token_ids=eos)
+    assert result.tokens == expected
+    assert {len(t) for t in expected} != {14}, "the test wants some rows to stop early"
+    assert result.finish_reasons == ["stop" if t[-1] in eos else "length" for t in expected]
+
+
+def test_lean_forward_matches_model_logits(model64):
+    """Prefill logits of a ragged batch equal the model's own logits of each prompt alone."""
+    engine = Engine(model64, lean=True)
+    completions = [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12]]
+    scores = engine.score(PROMPTS, completions)
+    for prompt, completion, got in zip(PROMPTS, completions, scores, strict=True):
+        assert got == pytest.approx(_full_forward_logprobs(model64, prompt, completion), abs=1e-10)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_sampled_logprobs_equal_full_forward(model64, lean):
+    engine = Engine(model64, lean=lean)
+    result = engine.generate(PROMPTS, max_new_tokens=8, temperature=1.0, seed=3, return_logprobs=True)
+    for prompt, tokens, logprobs in zip(PROMPTS, result.tokens, result.logprobs, strict=True):
+        assert len(logprobs) == len(tokens) == 8
+        assert logprobs == pytest.approx(_full_forward_logprobs(model64, prompt, tokens), abs=1e-10)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_score_equals_full_forward(model64, lean):
+    engine = Engine(model64, lean=lean)
+    completions = [[1, 2, 3], [], [40, 41, 42, 43, 44], [9]]
+    scores = engine.score(PROMPTS, completions)
+    assert scores[1] == []
+    for prompt, completion, got in zip(PROMPTS, completions, scores, strict=True):
+        assert got == pytest.approx(_full_forward_logprobs(model64, prompt, completion), abs=1e-10)
+
+
+def test_weight_edits_are_seen_without_reloading(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64).eval()
+    engine = Engine(model, lean=True)
+    completions = [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12]]
+
+    def check() -> list[list[float]]:
+        assert engine.generate(PROMPTS, max_new_tokens=6).tokens == _generate_reference(
+            model, PROMPTS, 6, [-1]
+        )
+        scores = engine.score(PROMPTS, completions)
+        for prompt, completion, got in zip(PROMPTS, completions, scores, strict=True):
+            assert got == pytest.approx(_full_forward_logprobs(model, prompt, completion), abs=1e-10)
+        return scores
+
+    before = check()
+    layer = model.model.layers[0]
+    with torch.no_grad():  # in place, like an optimizer step or an SVF expert written into the weights
+        layer.mlp.gate_proj.weight.mul_(-3.0)
+        layer.self_attn.q_proj.weight.mul_(4.0)
+    after = check()
+    assert after[0] != pytest.approx(before[0], abs=1e-6)
+    # A replaced parameter object is seen too.
+    layer.mlp.down_proj.weight = nn.Parameter(torch.randn_like(layer.mlp.down_proj.weight))
+    replaced = check()
+    assert replaced[0] != pytest.approx(after[0], abs=1e-6)
+
+
+def test_parametrized_weights_are_read_every_call(tiny_llama_dir):
+    from torch.nn.utils import parametrize
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64).eval()
+
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z = nn.Parameter(torch.ones(()))
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return weight * self.z
+
+    scale = Scale()
+    parametrize.register_parametrization(model.model.layers[1].mlp.up_proj, "weight", scale)
+    engine = Engine(model, lean=True)
+    completion = [3, 4, 5]
+    first = engine.score(PROMPTS[:1], [completion])[0]
+    assert first == pytest.approx(_full_forward_logprobs(model, PROMPTS[0], completion), abs=1e-10)
+    with torch.no_grad():
+        scale.z.fill_(-5.0)
+    second = engine.score(PROMPTS[:1], [completion])[0]
+    assert second == pytest.approx(_full_forward_logprobs(model, PROMPTS[0], completion), abs=1e-10)
+    assert second != pytest.approx(first, abs=1e-6)
+
+
+def test_adapters_force_the_fallback(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64).eval()
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner: nn.Linear) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * 0.5
+
+    model.model.layers[0].mlp.up_proj = Wrapped(model.model.layers[0].mlp.up_proj)
+    ok, reason = lean_supported(model)
+    assert not ok and "nn.Linear" in reason
+    with pytest.raises(ValueError, match="lean forward does not support"):
+        Engine(model, lean=True)
+    engine = Engine(model)
+    assert not engine.lean
+    assert engine.generate(PROMPTS, max_new_tokens=6).tokens == _generate_reference(model, PROMPTS, 6, [-1])
+
+
+def test_seeded_sampling_is_reproducible(model64):
+    engine = Engine(model64)
+    a = engine.generate(PROMPTS, max_new_tokens=10, temperature=1.0, seed=7).tokens
+    b = engine.generate(PROMPTS, max_new_tokens=10, temperature=1.0, seed=7).tokens
+    c = engine.generate(PROMPTS, max_new_tokens=10, temperature=1.0, seed=8).tokens
+    assert a == b
+    assert a != c
+
+
+def test_compaction_keeps_rows_unchanged(model64):
+    """Rows that finish leave the batch; the others' tokens are those of a batch that keeps every row."""
+
+    def stop_early(row: int, tokens: list[int]) -> bool:
+        return row % 2 == 0 and len(tokens) >= 3
+
+    compacting = Engine(model64, compact_fraction=0.1)
+    keeping = Engine(model64, compact_fraction=2.0)
+    a = compacting.generate(PROMPTS, max_new_tokens=12, stop_check=stop_early)
+    b = keeping.generate(PROMPTS, max_new_tokens=12, stop_check=stop_early)
+    assert a.tokens == b.tokens
+    assert [len(t) for t in a.tokens] == [3, 12, 3, 12]
+    assert a.finish_reasons == ["stop", "length", "stop", "length"]
+
+
+def test_sample_next_top_p_and_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50, dtype=torch.float64) * 3
+    assert torch.equal(sample_next(logits, temperature=0.0), logits.argmax(-1))
+    # A nucleus too small for a second token is greedy decoding.
+    assert torch.equal(sample_next(logits, temperature=1.0, top_p=1e-6), logits.argmax(-1))
+    probs = logits.softmax(-1)
+    generator = torch.Generator().manual_seed(0)
+    for row in range(4):
+        order = probs[row].argsort(descending=True)
+        cumulative = probs[row][order].cumsum(0)
+        nucleus = set(order[: int((cumulative < 0.6).sum()) + 1].tolist())
+        draws = {
+            int(sample_next(logits[row : row + 1], temperature=1.0, top_p=0.6, generator=generator))
+            for _ in range(200)
+        }
+        assert draws <= nucleus
+        assert len(draws) == len(nucleus) or len(nucleus) > 5
+
+
+def test_qwen3_uses_the_fallback_and_matches_generate():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).double().eval()
+    engine = Engine(model)
+    assert not engine.lean and "qwen3" in engine.fallback_reason
+    assert engine.generate(PROMPTS, max_new_tokens=8).tokens == _generate_reference(model, PROMPTS, 8, [-1])
