@@ -43,7 +43,7 @@ def extract_expression(text: str) -> str | None:
     The result may still be invalid: :func:`parse_expression` decides.
     """
     text = strip_thinking(text)
-    tagged = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    tagged = [t for t in re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL) if t.strip()]
     candidate = tagged[-1] if tagged else after_answer_marker(text)
     candidate = normalize_operators(candidate)
     for side in candidate.split("="):

@@ -1,0 +1,129 @@
+"""Demo part: the embedded model tries a few verifiable tasks; the verifiers say what is wrong.
+
+A 135M-parameter model mostly fails these tasks; that is expected and the point is the verifier's
+feedback (what Mind Evolution refines on) and its score (what GRPO rewards). The part also measures ARC-Easy
+accuracy two ways, answering with a letter (near chance for this model) and by cloze scoring of the options'
+texts (clearly above chance), and plots both against chance.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import typer
+
+from testtime.demo import DemoContext, DemoSection
+from testtime.tasks.arc import ArcTask, cloze_predict
+from testtime.tasks.base import Task, get_task
+from testtime.tasks.scoring import TransformersScorer
+
+# (task, difficulty knobs) shown with one generated answer each.
+SHOWCASE = (
+    ("countdown", {"num_numbers": 3, "max_number": 20}),
+    ("arithmetic", {"digits": 2, "terms": 2}),
+    ("calendar-scheduling", {"num_people": 2}),
+    ("stegpoet", {"length": 4, "vocab": 4}),
+    ("gsm8k", {}),
+)
+
+
+def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:  # noqa: ANN001
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run(ctx: DemoContext) -> DemoSection:
+    """Show a few tasks answered by the model with the verifier's verdicts, then ARC-Easy letters vs cloze."""
+    model, tokenizer = ctx.model_and_tokenizer()
+    showcase = SHOWCASE[:1] if ctx.quick else SHOWCASE
+    max_new_tokens = 32 if ctx.quick else 160
+    rows = []
+    for name, knobs in showcase:
+        task: Task = get_task(name)
+        instance = task.instances(seed=ctx.seed, n=1, **knobs)[0]
+        start = time.perf_counter()
+        answer = _generate(model, tokenizer, task.prompt(instance), max_new_tokens)
+        verdict = task.verify(instance, answer)
+        seconds = time.perf_counter() - start
+        typer.echo(
+            f"\n[{name}] {instance.id}: score {verdict.score:.2f}, solved {verdict.solved} ({seconds:.1f} s)"
+        )
+        typer.echo(f"  answer:   {_cell(answer, 200)}")
+        typer.echo(f"  feedback: {_cell(verdict.feedback, 200)}")
+        rows.append((name, answer, verdict))
+
+    # ARC-Easy: letters by generation vs cloze scoring of the option texts.
+    arc: ArcTask = get_task("arc-easy")  # type: ignore[assignment]
+    count = 4 if ctx.quick else 40
+    questions = arc.instances("test", seed=ctx.seed, n=count)
+    scorer = TransformersScorer(model, tokenizer, batch_size=4)
+    start = time.perf_counter()
+    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 12)).solved for q in questions)
+    letter_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    cloze = sum(arc.verify(q, f"The answer is ({cloze_predict(arc, q, scorer)}).").solved for q in questions)
+    cloze_seconds = time.perf_counter() - start
+    chance = sum(1 / len(q.data["labels"]) for q in questions) / count
+    typer.echo(
+        f"\nARC-Easy, {count} test questions: letters {letters}/{count} ({letter_seconds:.0f} s), "
+        f"cloze {cloze}/{count} ({cloze_seconds:.0f} s), chance {chance:.0%}"
+    )
+
+    figure = ctx.out_dir / "tasks_arc_easy.png"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(
+        ["letter (generation)", "cloze (log-prob)"], [letters / count, cloze / count], color=["#999", "#3a7"]
+    )
+    ax.axhline(chance, color="k", linestyle="--", linewidth=1, label=f"chance {chance:.0%}")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ARC-Easy, {count} test questions")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
+
+    table = ["| task | model answer (start) | score | solved | verifier feedback |", "|---|---|---|---|---|"]
+    for name, answer, verdict in rows:
+        table.append(
+            f"| {name} | {_cell(answer, 120)} | {verdict.score:.2f} | {verdict.solved} | {_cell(verdict.feedback)} |"
+        )
+    markdown = "\n".join(
+        [
+            "Each task generates an instance from the seed, the embedded model answers greedily, and the task's "
+            "verifier returns a score in [0, 1], solved or not, and feedback naming what is wrong. A 135M model "
+            "mostly fails; the feedback is what Mind Evolution's refinement reads and the score what GRPO "
+            "rewards.",
+            "",
+            *table,
+            "",
+            f"ARC-Easy on {count} test questions: answering with a letter {letters}/{count} "
+            f"({letters / count:.0%}), cloze scoring of the option texts {cloze}/{count} ({cloze / count:.0%}); "
+            f"chance {chance:.0%}. Small models pick letters near chance but rank option texts better.",
+        ]
+    )
+    return DemoSection(title="Verifiable tasks", markdown=markdown, figures=[figure])
