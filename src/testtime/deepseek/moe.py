@@ -88,6 +88,42 @@ def route(
     return gates * routed_scaling_factor, indices, scores
 
 
+class _Dispatch(torch.autograd.Function):
+    """``x[order // k]``: every token copied once per assignment, sorted by expert.
+
+    Backward is a gather and a sum over the k copies (``order`` is a permutation), not a scatter-add.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x[order // k]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse].view(-1, ctx.k, grad.shape[-1]).sum(1), None, None, None
+
+
+class _Combine(torch.autograd.Function):
+    """``sum_j y[inverse[t * k + j]]``: each token's k expert outputs (sorted by expert) summed back.
+
+    Backward is the gather ``grad[order // k]``.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(order)
+        ctx.k = k
+        return y[inverse].view(-1, k, y.shape[-1]).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        (order,) = ctx.saved_tensors
+        return grad[order // ctx.k], None, None, None
+
+
 def grouped_experts(
     x: torch.Tensor,
     gates: torch.Tensor,
@@ -98,6 +134,9 @@ def grouped_experts(
     use_grouped_mm: bool = True,
 ) -> torch.Tensor:
     """Run the routed experts in grouped batches: sort assignments by expert, one GEMM pair per expert.
+
+    The gate multiplies the expert's hidden activation (width I) rather than its output (width D): the same
+    product, less memory traffic. Dispatch and combine are permutations with gather-only backward passes.
 
     Args:
         x: ``(n, D)`` tokens.
@@ -114,24 +153,27 @@ def grouped_experts(
     num_experts, inter = gate_up.shape[0], down.shape[-1]
     flat = indices.reshape(-1)
     order = flat.argsort(stable=True)  # assignments sorted by expert
-    token = order // k
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
     counts = torch.bincount(flat, minlength=num_experts)
-    xs = x[token]  # (m, D), contiguous per expert
+    xs = _Dispatch.apply(x, order, inverse, k)  # (m, D), contiguous per expert
+    gates_sorted = gates.reshape(-1)[order, None].to(x.dtype)
     if use_grouped_mm and hasattr(torch, "_grouped_mm") and x.dtype in (torch.float32, torch.bfloat16):
         offsets = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offsets)
-        h = F.silu(h[:, :inter]) * h[:, inter:]
+        h = F.silu(h[:, :inter]) * h[:, inter:] * gates_sorted
         ys = torch._grouped_mm(h, down.transpose(1, 2), offs=offsets)
     else:
         pieces = []
-        for e, piece in enumerate(xs.split(counts.tolist())):
+        for e, (piece, g) in enumerate(
+            zip(xs.split(counts.tolist()), gates_sorted.split(counts.tolist()), strict=True)
+        ):
             if piece.shape[0] == 0:
                 continue
             h = piece @ gate_up[e].t()
-            pieces.append((F.silu(h[:, :inter]) * h[:, inter:]) @ down[e].t())
+            pieces.append((F.silu(h[:, :inter]) * h[:, inter:] * g) @ down[e].t())
         ys = torch.cat(pieces) if pieces else xs.new_zeros(0, x.shape[1])
-    ys = ys * gates.reshape(-1)[order, None].to(ys.dtype)
-    return torch.zeros_like(x).index_add_(0, token, ys)
+    return _Combine.apply(ys, order, inverse, k)
 
 
 def dense_experts_reference(
