@@ -415,7 +415,7 @@ def memory_scan(
         raise ValueError("pass momenta exactly when log_eta is given")
     n = q.shape[1]
     num_chunks = max(1, math.ceil(n / chunk_size))
-    every = checkpoint_every or max(1, math.isqrt(num_chunks))
+    every = checkpoint_every if checkpoint_every is not None else max(1, math.isqrt(num_chunks))
     spec = _ScanSpec(
         chunk_size=chunk_size, num_layers=len(weights), has_momentum=log_eta is not None,
         has_decay=log_gamma is not None, act=act, residual=residual, read=read, checkpoint_every=every,
@@ -425,8 +425,22 @@ def memory_scan(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (*tensors, *state)
     )
-    if needs_grad:
+    if needs_grad and every > 0:
         y, *new_state = _ChunkedMemoryScan.apply(spec, *tensors, *state)
+    elif needs_grad:  # plain autograd through the chunk loop: stores every chunk's weights, no recompute
+        outs: list[Tensor] = []
+        for start, end in _bounds(n, chunk_size):
+            sl = slice(start, end)
+            out, w, s = chunk_step(
+                q[:, sl], k[:, sl], v[:, sl], theta[:, sl],
+                log_eta[:, sl] if log_eta is not None else None,
+                log_gamma[:, sl] if log_gamma is not None else None,
+                state[: len(weights)], state[len(weights) :], act=act, residual=residual, read=read,
+            )  # fmt: skip
+            outs.append(out)
+            if end - start == chunk_size:
+                state = w + s
+        y, new_state = torch.cat(outs, dim=1), state
     else:
         y = q.new_empty(q.shape)
         new_state = _run_chunks(spec, tensors, state, _bounds(n, chunk_size), y)
