@@ -64,12 +64,14 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="testtime-batcher", daemon=True)
+        self.batches_run = 0  # engine calls made
+        self.requests_seen = 0  # requests submitted
         self._thread.start()
-        self.batches_run = 0
 
     def submit(self, prompts: list[Any], params: SamplingParams) -> concurrent.futures.Future:
         """Queue prompts; the future resolves to their completions (``n`` per prompt)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        self.requests_seen += 1
         self._queue.put((prompts, params, future))
         return future
 
@@ -229,8 +231,8 @@ def create_app(
         return await call_next(request)
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "requests": batcher.requests_seen, "batches": batcher.batches_run}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -246,7 +248,7 @@ def create_app(
             )
         max_tokens = request.max_completion_tokens or request.max_tokens
         if max_tokens is None:
-            max_tokens = limits.default_max_tokens
+            max_tokens = min(limits.default_max_tokens, limits.max_tokens_limit)
         if max_tokens > limits.max_tokens_limit:
             return _error(
                 400, f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens_limit}"
