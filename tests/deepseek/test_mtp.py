@@ -121,3 +121,15 @@ def test_mtp_drafter_cache_matches_full_module_run() -> None:
         draft = mtp_drafter(model, cache)
         got = [draft(out.hidden_states[:, :5], ids[:, 1:6]), draft(out.hidden_states[:, 5:8], ids[:, 6:9])]
     assert got == want and cache.length == 8
+
+
+def test_next_token_labels_give_the_same_losses() -> None:
+    model = _model(depth=2)
+    ids = torch.randint(0, 256, (2, 12))
+    shifted = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)  # the trainer's convention
+    with torch.no_grad():
+        a = model(ids, labels=ids)
+        b = model(ids, labels=shifted, shift_labels=False)
+    torch.testing.assert_close(a.loss, b.loss)
+    for x, y in zip(a.mtp_losses, b.mtp_losses, strict=True):
+        torch.testing.assert_close(x, y)

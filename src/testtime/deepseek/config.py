@@ -53,9 +53,12 @@ _HF_FIELDS = (
 # Our training-only fields, kept in config.json under "testtime".
 _OWN_FIELDS = (
     "bias_update_speed",
+    "bias_update_stop_step",
     "balance_loss",
     "balance_loss_alpha",
     "mtp_loss_weight",
+    "mtp_loss_weight_final",
+    "mtp_weight_switch_step",
     "fp8",
 )
 
@@ -112,9 +115,13 @@ class DeepSeekV3Config:
         initializer_range: std of the normal initialisation (0.006 in the paper).
         bos_token_id, eos_token_id, pad_token_id: special token ids, stored for tokenizers and generation.
         bias_update_speed: gamma of the auxiliary-loss-free balancing (0.001; 0 disables the bias update).
+        bias_update_stop_step: optimizer steps after which gamma is 0 (the paper: after 14.3T of 14.8T
+            tokens); None never stops.
         balance_loss: "none", "sequence" (eqs. 17-20, complementary) or "batch" (the batch-wise baseline).
         balance_loss_alpha: alpha of the balance loss (0.0001).
         mtp_loss_weight: lambda of the MTP loss (0.3 for the first 10T tokens, 0.1 after).
+        mtp_loss_weight_final: lambda after ``mtp_weight_switch_step`` optimizer steps (0.1).
+        mtp_weight_switch_step: when lambda switches (None: never).
         fp8: simulate FP8 (E4M3, fine-grained scaling) in the linear layers of the blocks.
     """
 
@@ -161,9 +168,12 @@ class DeepSeekV3Config:
     pad_token_id: int | None = None
     # training-only (ours)
     bias_update_speed: float = 0.001
+    bias_update_stop_step: int | None = None
     balance_loss: str = "sequence"
     balance_loss_alpha: float = 0.0001
     mtp_loss_weight: float = 0.3
+    mtp_loss_weight_final: float = 0.1
+    mtp_weight_switch_step: int | None = None
     fp8: bool = False
 
     def __post_init__(self) -> None:

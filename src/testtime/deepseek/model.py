@@ -142,6 +142,7 @@ class CausalLMOutput:
         mtp_loss: mean over depths of the MTP cross-entropies (eq. 25 without lambda).
         mtp_losses: the per-depth cross-entropies L^k_MTP (eq. 24).
         aux_loss: sum over MoE layers of the alpha-weighted balance losses.
+        metrics: detached scalars for logging (the losses and the main stack's mean MaxVio of the batch).
     """
 
     logits: torch.Tensor
@@ -151,6 +152,7 @@ class CausalLMOutput:
     mtp_loss: torch.Tensor | None = None
     mtp_losses: list[torch.Tensor] = field(default_factory=list)
     aux_loss: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class DeepSeekV3Model(nn.Module):
@@ -305,14 +307,17 @@ class DeepSeekV3ForCausalLM(nn.Module):
         *,
         cache: MLACache | None = None,
         mode: AttentionMode | None = None,
+        shift_labels: bool = True,
     ) -> CausalLMOutput:
         """Logits, and with ``labels`` the training loss (main + lambda * MTP + balance).
 
         Args:
             input_ids: ``(b, s)`` token ids.
-            labels: ``(b, s)`` targets aligned with ``input_ids`` (shifted inside; -100 is ignored), or None.
+            labels: ``(b, s)`` targets, -100 ignored; or None.
             cache: latent cache to extend (decoding); None for a full forward.
             mode: force the "expanded" or "absorbed" MLA path.
+            shift_labels: ``labels`` are aligned with ``input_ids`` and shifted here (transformers'
+                convention); False: ``labels[:, i]`` is already the token after position i (the trainer's).
 
         Returns:
             A :class:`CausalLMOutput`.
@@ -324,47 +329,57 @@ class DeepSeekV3ForCausalLM(nn.Module):
         out = CausalLMOutput(logits=logits, hidden_states=hidden)
         if labels is None:
             return out
-        out.lm_loss = _cross_entropy(logits[:, :-1], labels[:, 1:])
+        targets = labels[:, 1:] if shift_labels else labels  # targets[:, i]: the token after position i
+        out.lm_loss = _cross_entropy(logits[:, : targets.shape[1]], targets)
         loss = out.lm_loss
+        out.metrics["lm_loss"] = out.lm_loss.detach()
         if len(self.mtp) and self.mtp_loss_weight > 0:
-            out.mtp_losses = self.mtp_losses(hidden, input_ids, labels)
+            out.mtp_losses = self.mtp_losses(hidden, input_ids, targets)
             if out.mtp_losses:
                 out.mtp_loss = torch.stack(out.mtp_losses).mean()
                 loss = loss + self.mtp_loss_weight * out.mtp_loss
+                out.metrics["mtp_loss"] = out.mtp_loss.detach()
         aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         if aux:
             out.aux_loss = torch.stack(aux).sum()
             loss = loss + out.aux_loss
+            out.metrics["aux_loss"] = out.aux_loss.detach()
+        main_moe = [m for m in self.model.modules() if isinstance(m, MoE)]
+        if main_moe:
+            loads = torch.stack([m.last_load for m in main_moe])
+            vio = loads.amax(-1) / loads.mean(-1).clamp_min(1e-12) - 1
+            out.metrics["maxvio_batch"] = vio.mean()
         out.loss = loss
         return out
 
     def mtp_losses(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor
     ) -> list[torch.Tensor]:
         """Per-depth MTP cross-entropies (eqs. 21-24).
 
-        Depth k combines h^{k-1}_i with Emb(t_{i+k}) for i < T - k and predicts t_{i+k+1}.
+        Depth k combines h^{k-1}_i with Emb(t_{i+k}) for i < T - k and predicts t_{i+k+1} = ``targets[:, i + k]``.
 
         Args:
             hidden: ``(b, T, D)`` the main model's normalised output h^0.
             input_ids: ``(b, T)``.
-            labels: ``(b, T)`` aligned with ``input_ids``.
+            targets: ``(b, T')`` next tokens, ``targets[:, i]`` follows position i (T' = T or T - 1).
 
         Returns:
-            One scalar per depth that still has a target (T - k >= 2).
+            One scalar per depth that still has a target.
         """
         losses = []
         previous = hidden
         length = input_ids.shape[1]
         for k, module in enumerate(self.mtp, start=1):
             span = length - k
-            if span < 2:
+            predicted = targets.shape[1] - k  # positions of this depth that have a target
+            if predicted < 1:
                 break
             embedded = self.model.embed_tokens(input_ids[:, k:])
             cos, sin = self.model.rotary(torch.arange(span, device=input_ids.device), embedded.dtype)
             previous = module(previous[:, :span], embedded, cos, sin)
-            logits = self.lm_head(previous[:, :-1])
-            losses.append(_cross_entropy(logits, labels[:, k + 1 :]))
+            logits = self.lm_head(previous[:, :predicted])
+            losses.append(_cross_entropy(logits, targets[:, k:]))
         return losses
 
     def new_cache(self, batch_size: int, *, mtp: bool = False, capacity: int = 256) -> MLACache:
