@@ -27,9 +27,26 @@ def test_generate_from_a_transformers_directory_and_user_errors(tmp_path: Path) 
     spec = _run("generate", str(tmp_path), "-p", "hi", "-n", "6", "--speculative")
     assert spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout and "acceptance" in spec.stderr
-    bad = _run("generate", str(tmp_path / "missing"))
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
-    assert _run("generate", str(tmp_path), "--speculative", "--temperature", "1").returncode == 2
+
+
+def test_generate_user_errors(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from testtime.deepseek.cli import register
+    from testtime.errors import UserError
+
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["deepseek", "generate", str(tmp_path / "missing")])
+    assert isinstance(missing.exception, UserError) and "does not exist" in str(missing.exception)
+    greedy_only = runner.invoke(
+        app, ["deepseek", "generate", str(tmp_path), "--speculative", "--temperature", "1"]
+    )
+    assert isinstance(greedy_only.exception, UserError)
+    help_text = runner.invoke(app, ["deepseek", "--help"]).output
+    assert "train" in help_text and "generate" in help_text
 
 
 @pytest.mark.slow
