@@ -225,3 +225,24 @@ def test_qwen3_uses_the_fallback_and_matches_generate():
     engine = Engine(model)
     assert not engine.lean and "qwen3" in engine.fallback_reason
     assert engine.generate(PROMPTS, max_new_tokens=8).tokens == _generate_reference(model, PROMPTS, 8, [-1])
+
+
+def test_prepacked_float32_path_matches_plain_and_generate(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    packed = Engine(model)
+    if not packed.prepack:
+        pytest.skip("oneDNN pre-packing is not available on this machine")
+    plain = Engine(model, prepack=False)
+    completions = [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12]]
+    for a, b in zip(packed.score(PROMPTS, completions), plain.score(PROMPTS, completions), strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    expected = _generate_reference(model, PROMPTS, 12, [-1])
+    assert packed.generate(PROMPTS, max_new_tokens=12).tokens == expected
+    # Packed weights follow in-place edits like the fused ones.
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(2.0)
+        model.lm_head.weight.mul_(0.5)
+    for a, b in zip(packed.score(PROMPTS, completions), plain.score(PROMPTS, completions), strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    with pytest.raises(ValueError, match="prepack"):
+        Engine(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64), prepack=True)

@@ -1,11 +1,15 @@
-"""Demo part: the embedded model answers a few prompts, with timings."""
+"""Demo part: the embedded model answers a batch of prompts through the engine, with throughput.
+
+All prompts go to the local backend in one call (one engine batch, greedy); the part then times
+``model.generate`` on the same batch (full runs only) and reports both aggregate tokens/s, and shows
+sampling (n = 4 at temperature 0.8) with the log-probabilities RL uses.
+"""
 
 from __future__ import annotations
 
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from testtime.demo import DemoContext, DemoSection
 
@@ -14,39 +18,88 @@ PROMPTS = (
     "Give one reason the sky looks blue.",
     "Write a haiku about test-time compute.",
     "What is 12 + 30?",
+    "Name three fruits that are red.",
+    "Explain gravity to a child in one sentence.",
+    "What is a prime number?",
+    "Tell me a short joke about computers.",
 )
 
 
-def run(ctx: DemoContext) -> DemoSection:
-    """Answer ``PROMPTS`` greedily, one at a time, printing each answer with its speed."""
-    model, tokenizer = ctx.model_and_tokenizer()
-    max_new_tokens = 16 if ctx.quick else 48
-    rows = []
-    for prompt in tqdm(PROMPTS, desc="answering", unit="prompt"):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        seconds = time.perf_counter() - start
-        new = out[0, ids.shape[1] :]
-        answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-        rows.append((prompt, answer, len(new), seconds))
-        tqdm.write(
-            f"\n> {prompt}\n{answer}\n[{len(new)} tokens in {seconds:.2f} s, {len(new) / seconds:.1f} tok/s]"
+def _generate_rate(model, llm, prompts, max_new_tokens: int) -> float:
+    """Aggregate tokens/s of ``model.generate`` (greedy, left-padded batch) on the same prompts."""
+    encoded = [llm.encode(p) for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = torch.zeros(len(encoded), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e) :] = torch.tensor(e)
+        mask[i, width - len(e) :] = 1
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=llm.eos_token_ids,
+            pad_token_id=llm.tokenizer.pad_token_id,
         )
-    table = ["| prompt | answer | tokens | tok/s |", "|---|---|---|---|"]
-    for prompt, answer, count, seconds in rows:
-        cell = answer.replace("|", "\\|").replace("\n", " ")
-        table.append(f"| {prompt} | {cell} | {count} | {count / seconds:.1f} |")
-    return DemoSection(title="The embedded model answers", markdown="\n".join(table))
+    seconds = time.perf_counter() - start
+    tokens = 0
+    for row in out[:, width:].tolist():
+        tokens += next((j + 1 for j, t in enumerate(row) if t in llm.eos_token_ids), len(row))
+    return tokens / seconds
+
+
+def run(ctx: DemoContext) -> DemoSection:
+    """Answer ``PROMPTS`` in one batch, compare with ``generate``, then sample with log-probs."""
+    from testtime.llm.local import LocalLLM
+
+    model, tokenizer = ctx.model_and_tokenizer()
+    llm = LocalLLM(model, tokenizer, name=ctx.model_name or "smollm2")
+    max_tokens = 12 if ctx.quick else 64
+    prompts = PROMPTS[:4] if ctx.quick else PROMPTS
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    path = "lean Llama forward" if llm.engine.lean else f"model forward ({llm.engine.fallback_reason})"
+    print(f"engine: {path}; {len(chats)} prompts in one batch, greedy, up to {max_tokens} tokens each")
+    out = llm.generate(chats, temperature=0, max_tokens=max_tokens)
+    engine_rate = llm.usage.completion_tokens / llm.usage.wall_seconds
+    for prompt, (choice,) in zip(prompts, out, strict=True):
+        print(f"\n> {prompt}\n{choice.text.strip()}")
+    print(
+        f"\n[engine: {llm.usage.completion_tokens} tokens in {llm.usage.wall_seconds:.2f} s, {engine_rate:.1f} tok/s]"
+    )
+    lines = [
+        f"Engine path: {path}. One batch of {len(chats)} chat prompts, greedy, up to {max_tokens} tokens.",
+        "",
+        "| prompt | answer | tokens |",
+        "|---|---|---|",
+    ]
+    for prompt, (choice,) in zip(prompts, out, strict=True):
+        cell = choice.text.strip().replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {prompt} | {cell} | {choice.completion_tokens} |")
+    lines += [
+        "",
+        f"Engine: {llm.usage.completion_tokens} tokens in {llm.usage.wall_seconds:.2f} s, "
+        f"**{engine_rate:.1f} tok/s** aggregate.",
+    ]
+    if not ctx.quick:
+        rate = _generate_rate(model, llm, chats, max_tokens)
+        print(
+            f"[transformers generate on the same batch: {rate:.1f} tok/s; engine / generate = "
+            f"{engine_rate / rate:.2f}]"
+        )
+        lines.append(
+            f"`transformers.generate` on the same batch: {rate:.1f} tok/s "
+            f"(engine / generate = {engine_rate / rate:.2f}; one run each on a shared CPU)."
+        )
+    samples = llm.generate(
+        chats[:1], n=4, temperature=0.8, max_tokens=max_tokens // 2, seed=ctx.seed, logprobs=True
+    )[0]
+    lines += ["", f"Four samples at temperature 0.8 for “{prompts[0]}” with their total log-probability:", ""]
+    for choice in samples:
+        total = sum(choice.logprobs or [])
+        text = choice.text.strip().replace("\n", " ")
+        print(f"  [{total:7.2f}] {text}")
+        lines.append(f"- `{total:.2f}` {text}")
+    return DemoSection(title="The embedded model answers (batched engine)", markdown="\n".join(lines))
