@@ -72,7 +72,12 @@ def test_transformers_scorer_matches_a_hand_computed_forward_pass(tiny_llama_dir
     model, tokenizer = load_model(tiny_llama_dir, dtype=torch.float64)
     prompt, continuations = "the quick brown", [" fox", " dog jumps over", " 0123", " the lazy dog is"]
     batched = TransformersScorer(model, tokenizer, batch_size=3).score_continuations(prompt, continuations)
-    for continuation, score in zip(continuations, batched, strict=True):
+    full = TransformersScorer(model, tokenizer, batch_size=3, share_prompt=False)
+    unshared = full.score_continuations(prompt, continuations)
+    for continuation, score, plain in zip(continuations, batched, unshared, strict=True):
+        assert (
+            plain.logprob == pytest.approx(score.logprob, abs=1e-9) and plain.num_tokens == score.num_tokens
+        )
         context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         target = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([context + target])

@@ -58,16 +58,23 @@ class TransformersScorer:
     tokens do not depend on the prompt's last characters), then one forward pass per batch gives
     ``log_softmax(logits[t - 1])[token_t]`` for every continuation token.
 
+    With ``share_prompt`` (the default) the prompt runs once and its key/value cache is repeated for each
+    batch of continuations, so only the continuations' tokens are recomputed (the prompt is usually much
+    longer than an option); without it every row runs prompt + continuation in full. Both give the same
+    numbers (tested).
+
     Args:
         model: a causal LM in eval mode.
         tokenizer: its tokenizer.
         batch_size: continuations per forward pass.
+        share_prompt: compute the prompt once and reuse its KV cache.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, share_prompt: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.share_prompt = share_prompt
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -83,11 +90,14 @@ class TransformersScorer:
             context = [bos]
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        encoded = [self._encode(c) for c in continuations]
+        if any(not ids for ids in encoded):
+            raise ValueError("continuations must be non-empty after tokenization")
+        if self.share_prompt:
+            return self._score_shared(context, encoded, device, pad)
         out: list[ContinuationScore] = []
-        for start in range(0, len(continuations), self.batch_size):
-            batch = [self._encode(c) for c in continuations[start : start + self.batch_size]]
-            if any(not ids for ids in batch):
-                raise ValueError("continuations must be non-empty after tokenization")
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
             length = max(len(context) + len(ids) for ids in batch)
             input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), length), dtype=torch.long)
@@ -104,5 +114,53 @@ class TransformersScorer:
                 positions = torch.arange(len(context) - 1, len(context) + len(ids) - 1)
                 targets = torch.tensor(ids)
                 total = logprobs[row, positions, targets].sum().item()
+                out.append(ContinuationScore(logprob=total, num_tokens=len(ids)))
+        return out
+
+    def _score_shared(
+        self, context: list[int], encoded: list[list[int]], device: Any, pad: int
+    ) -> list[ContinuationScore]:
+        """Prompt once (KV cache), then batches of continuations attending to the repeated cache."""
+        import copy
+        import inspect
+
+        import torch
+
+        with torch.no_grad():
+            prompt_out = self.model(input_ids=torch.tensor([context], device=device), use_cache=True)
+        first = torch.log_softmax(prompt_out.logits[0, -1].double(), dim=-1)  # (V,) predicts token 0
+        # transformers 5.x names the cache argument and output field ``cache``; 4.x ``past_key_values``.
+        cache_name = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        )
+        cache = getattr(prompt_out, cache_name)
+        length = len(context)
+        out: list[ContinuationScore] = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), length + width), dtype=torch.long)
+            attention[:, :length] = 1
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, length : length + len(ids)] = 1
+            repeated = copy.deepcopy(cache)
+            repeated.batch_repeat_interleave(len(batch))
+            positions = torch.arange(length, length + width).expand(len(batch), width)
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    position_ids=positions.to(device),
+                    **{cache_name: repeated},
+                    use_cache=True,
+                ).logits
+            logprobs = torch.log_softmax(logits.double(), dim=-1)  # (B, width, V): position j predicts j + 1
+            for row, ids in enumerate(batch):
+                total = first[ids[0]].item()
+                if len(ids) > 1:
+                    steps = torch.arange(len(ids) - 1)
+                    total += logprobs[row, steps, torch.tensor(ids[1:])].sum().item()
                 out.append(ContinuationScore(logprob=total, num_tokens=len(ids)))
         return out
