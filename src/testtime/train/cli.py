@@ -76,6 +76,9 @@ def add_train_command(
         device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
         dtype: str | None = typer.Option(None, help="float32, or bfloat16 autocast."),
         parallel: str | None = typer.Option(None, help="ddp or fsdp, under torchrun with several processes."),
+        threads: int | None = typer.Option(
+            None, help="torch CPU threads per process (default: torch's choice)."
+        ),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
         set_: list[str] | None = typer.Option(
             None,
@@ -111,6 +114,7 @@ def add_train_command(
             "device": device,
             "dtype": dtype,
             "parallel": parallel,
+            "num_threads": threads,
             "progress": False if no_progress else None,
         }
         cfg = _collect_config(default_model=default_model, config=config, flags=flags, overrides=set_ or [])
@@ -151,6 +155,9 @@ def register(app: typer.Typer) -> None:
         top_k: int | None = typer.Option(50, help="Sample among the k most likely tokens (0: all)."),
         num_samples: int = typer.Option(1, help="How many samples."),
         seed: int = typer.Option(0, help="Sampling seed."),
+        context: int | None = typer.Option(
+            None, help="Longest context the model reads (default: the training sequence length)."
+        ),
         device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     ) -> None:
         """Sample text from a trained model."""
@@ -163,7 +170,9 @@ def register(app: typer.Typer) -> None:
             raise UserError("max-new-tokens and num-samples must be >= 1")
         if temperature < 0:
             raise UserError("temperature must be >= 0")
-        model, tok, _ = load_trained(run, device=device)
+        model, tok, saved = load_trained(run, device=device)
+        if context is not None and context < 1:
+            raise UserError("context must be >= 1")
         generator = torch.Generator().manual_seed(seed)
         for i in range(num_samples):
             ids = generate(
@@ -174,6 +183,7 @@ def register(app: typer.Typer) -> None:
                 top_k=top_k or None,
                 stop_id=tok.eot_id,
                 generator=generator,
+                max_context=context or int(saved["seq_len"]),
             )
             if num_samples > 1:
                 typer.echo(f"--- sample {i + 1} ---")

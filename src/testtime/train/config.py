@@ -39,19 +39,19 @@ class TrainConfig:
     tokenizer: str = "byte"  # byte, bpe (trained on the training split), or a tokenizer.json path
     bpe_vocab_size: int = 2048  # vocabulary size when training a BPE
     val_fraction: float = 0.1  # share of documents held out for evaluation
-    seq_len: int = 256  # tokens per training sequence
+    seq_len: int = 128  # tokens per training sequence
 
     # batch: batch_size sequences per optimizer step = micro_batch_size x processes x accumulation steps
-    batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
+    batch_size: int = 16  # sequences per optimizer step, over all processes and accumulation steps
     micro_batch_size: int | None = (
         None  # sequences per forward pass per process (None: batch_size / processes)
     )
 
     # optimisation: AdamW, linear warmup then cosine decay to min_lr_ratio * lr
-    max_steps: int = 1000  # optimizer steps
-    lr: float = 1e-3  # peak learning rate
+    max_steps: int = 600  # optimizer steps
+    lr: float = 2e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
-    warmup_steps: int = 50  # linear warmup steps
+    warmup_steps: int = 30  # linear warmup steps
     weight_decay: float = 0.1  # AdamW decoupled weight decay, on parameters with >= 2 dimensions
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
@@ -60,7 +60,7 @@ class TrainConfig:
     # evaluation and checkpoints
     eval_every: int = 100  # evaluate bits per byte every N steps and at the end (0: only at the end)
     eval_sequences: int = 64  # validation sequences per evaluation (fixed, the first ones of the split)
-    ckpt_every: int = 500  # save a checkpoint every N steps and at the end (0: only at the end)
+    ckpt_every: int = 200  # save a checkpoint every N steps and at the end (0: only at the end)
     keep_checkpoints: int = 2  # keep the newest N checkpoints (0: keep all)
     out_dir: str = "runs/lm"  # where checkpoints, tokenizer and logs go
     resume: str = "auto"  # auto (latest checkpoint in out_dir if any), never, or a checkpoint folder
@@ -80,6 +80,7 @@ class TrainConfig:
     dtype: str = "float32"  # float32, or bfloat16 autocast
     parallel: str = "ddp"  # ddp or fsdp (FSDP2 fully_shard), used under torchrun with > 1 process
     compile: bool = False  # torch.compile the model
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
 
 
 def _field_types() -> dict[str, Any]:
@@ -193,6 +194,7 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     need(0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)")
     need(cfg.warmup_steps <= cfg.max_steps, f"warmup_steps {cfg.warmup_steps} > max_steps {cfg.max_steps}")
     need(0.0 <= cfg.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    need(cfg.num_threads is None or cfg.num_threads >= 1, f"num_threads must be >= 1, got {cfg.num_threads}")
     need(cfg.max_corpus_bytes is None or cfg.max_corpus_bytes > 0, "max_corpus_bytes must be positive")
     need(bool(cfg.corpus), "corpus is empty: name shakespeare, stdlib or text files")
     micro = cfg.micro_batch_size or cfg.batch_size // world_size

@@ -88,7 +88,9 @@ def wrap_model(model: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        # models whose forward can leave parameters unused (routed experts, optional heads) say so
+        find_unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

@@ -255,6 +255,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
     if dist.is_initialized():
         dist.barrier()
     ckpt = _find_checkpoint(cfg, ckpt_root)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 
     data = _prepare_data(cfg, info, out_dir, ckpt)

@@ -41,11 +41,14 @@ def generate(
     stop_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    max_context: int | None = None,
 ) -> list[int]:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens.
 
-    Models with ``new_caches()`` decode one token per forward pass with key/value caches; others (or any
-    model once the context exceeds its ``max_seq_len``) re-read the last ``max_seq_len`` tokens each step.
+    Models with ``new_caches()`` decode one token per forward pass with key/value caches; when the cached
+    context reaches ``max_context``, the caches restart from the last ``max_context // 2`` tokens (one
+    prefill every ``max_context // 2`` tokens instead of one per token). Other models re-read the last
+    ``max_context`` tokens at every step.
 
     Args:
         model: a model following the trainer's contract (returns ``logits``).
@@ -56,6 +59,8 @@ def generate(
         stop_id: stop after generating this id (e.g. ``<|endoftext|>``).
         generator: random source for sampling.
         use_cache: use the model's caches when it has them.
+        max_context: the longest context the model reads (default: its ``max_seq_len`` attribute, if any);
+            the training sequence length is a good choice, since attention rarely extrapolates beyond it.
 
     Returns:
         The new token ids (without the prompt).
@@ -64,18 +69,21 @@ def generate(
         raise UserError("the prompt must have at least one token")
     model.eval()
     device = next(model.parameters()).device
-    max_len = int(getattr(model, "max_seq_len", 1 << 30))
-    caches = model.new_caches() if use_cache and hasattr(model, "new_caches") else None
-    ids, pending, new = list(prompt), list(prompt), []
+    max_len = max_context or int(getattr(model, "max_seq_len", 1 << 30))
+    use_cache = use_cache and hasattr(model, "new_caches")
+    ids, new = list(prompt), []
+    caches, pending, cached = None, list(ids), 0
     for _ in range(max_new_tokens):
-        if caches is not None and len(ids) <= max_len:
+        if use_cache:
+            if caches is None or cached + len(pending) > max_len:  # (re)start from the recent context
+                keep = max(1, max_len // 2) if caches is not None else max_len
+                caches, pending, cached = model.new_caches(), ids[-keep:], 0
             out = model(torch.tensor([pending], device=device), caches=caches)
+            cached += len(pending)
         else:
-            caches = None
             out = model(torch.tensor([ids[-max_len:]], device=device))
-        token = _next_token(
-            output_field(out, "logits")[0, -1], temperature=temperature, top_k=top_k, generator=generator
-        )
+        logits = output_field(out, "logits")[0, -1]
+        token = _next_token(logits, temperature=temperature, top_k=top_k, generator=generator)
         ids.append(token)
         new.append(token)
         pending = [token]
