@@ -48,7 +48,7 @@ def test_config_precedence_file_then_flags_then_set(app, tmp_path: Path) -> None
     [
         (dict(batch_size=6, micro_batch_size=4), "multiple of micro_batch_size"),
         (dict(lr=-1.0), "lr must be positive"),
-        (dict(warmup_steps=20, max_steps=10), "warmup_steps"),
+        (dict(warmup_steps=-1), "warmup_steps"),
         (dict(corpus=["/no/such/file.txt"]), "no such corpus"),
         (dict(loggers=["csv"]), "unknown logger"),
         (dict(model="no-such-model"), "unknown model"),
