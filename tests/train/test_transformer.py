@@ -89,12 +89,12 @@ def test_context_limit_without_and_with_cache() -> None:
         assert ids[t] == int(model(torch.tensor([ids[max(0, t - 8) : t]])).logits[0, -1].argmax())
     cached = generate(model, [1, 2], max_new_tokens=15, temperature=0.0, max_context=8)
     ids = [1, 2, *cached]
-    start, cached_len = 0, 0  # the cache restarts from the last 4 tokens whenever it would exceed 8
+    start, cached_len = 0, 0  # the cache restarts from the last 6 tokens whenever it would exceed 8
     for t in range(2, len(ids)):
         if t == 2:
             start, cached_len = 0, 2
         elif cached_len + 1 > 8:
-            start, cached_len = t - 4, 4
+            start, cached_len = t - 6, 6
         else:
             cached_len += 1
         assert ids[t] == int(model(torch.tensor([ids[start:t]])).logits[0, -1].argmax()), t

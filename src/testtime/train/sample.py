@@ -46,8 +46,8 @@ def generate(
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens.
 
     Models with ``new_caches()`` decode one token per forward pass with key/value caches; when the cached
-    context reaches ``max_context``, the caches restart from the last ``max_context // 2`` tokens (one
-    prefill every ``max_context // 2`` tokens instead of one per token). Other models re-read the last
+    context reaches ``max_context``, the caches restart from the last ``3 * max_context // 4`` tokens (one
+    prefill every ``max_context // 4`` tokens instead of one per token). Other models re-read the last
     ``max_context`` tokens at every step.
 
     Args:
@@ -76,7 +76,7 @@ def generate(
     for _ in range(max_new_tokens):
         if use_cache:
             if caches is None or cached + len(pending) > max_len:  # (re)start from the recent context
-                keep = max(1, max_len // 2) if caches is not None else max_len
+                keep = max(1, 3 * max_len // 4) if caches is not None else max_len
                 caches, pending, cached = model.new_caches(), ids[-keep:], 0
             out = model(torch.tensor([pending], device=device), caches=caches)
             cached += len(pending)
