@@ -74,6 +74,10 @@ def teardown() -> None:
 def wrap_model(model: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
     """Wrap for data parallelism: DDP, or FSDP2 with each block and then the root sharded.
 
+    FSDP2 gathers a unit's parameters only around that unit's ``forward``; the blocks are the children of the
+    model's first ``nn.ModuleList`` unless the model lists its units with ``fsdp_modules()`` (an empty list
+    shards the root only, which suits models that read a block's parameters outside its ``forward``).
+
     Args:
         model: the model on ``info.device``.
         info: process placement.
@@ -95,7 +99,8 @@ def wrap_model(model: nn.Module, info: DistInfo, *, parallel: str) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    for module in _blocks(model):
+    units = model.fsdp_modules() if hasattr(model, "fsdp_modules") else _blocks(model)
+    for module in units:
         fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model

@@ -13,7 +13,10 @@ A trainable model is any ``torch.nn.Module`` with
   optimizer step (DeepSeek-V3's auxiliary-loss-free routing-bias update lives there);
 * optionally ``max_seq_len`` (int attribute): sampling crops the context to it;
 * optionally ``ddp_find_unused_parameters = True`` (attribute) when a forward pass can leave parameters
-  without gradients (e.g. experts no token was routed to), which DDP must then look for.
+  without gradients (e.g. experts no token was routed to), which DDP must then look for;
+* optionally ``fsdp_modules()`` returning the submodules FSDP2 shards one by one (default: the children of
+  the first ``nn.ModuleList``; ``[]``: the root only, for models that read a block's parameters outside
+  that block's ``forward``).
 
 A model family registers itself with :func:`register_model`: a name, a ``@dataclass(kw_only=True)`` config
 class, named presets of that config, and ``build(config, vocab_size) -> nn.Module``. The trainer then
