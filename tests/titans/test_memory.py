@@ -70,9 +70,20 @@ def _inputs(g=3, n=11, d=4, e=6, depth=2, seed=0):
     return q, k, v, theta, eta, alpha, weights
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 4, 11])
-@pytest.mark.parametrize("read", ["after", "before", "chunk_start"])
-@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize(
+    "chunk,read,depth",
+    [
+        (1, "after", 2),  # chunk size 1: plain online gradient descent with momentum and decay
+        (1, "before", 1),
+        (3, "after", 2),  # 11 tokens: three full chunks and a partial one
+        (3, "before", 3),
+        (4, "after", 1),
+        (4, "chunk_start", 2),
+        (4, "before", 2),
+        (11, "after", 3),  # one chunk: every gradient at M_0
+        (11, "chunk_start", 1),
+    ],
+)
 def test_chunked_equals_naive_recurrence(chunk, read, depth):
     q, k, v, theta, eta, alpha, weights = _inputs(depth=depth)
     y, w_end, s_end = memory_scan(

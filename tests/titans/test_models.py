@@ -34,7 +34,7 @@ def test_token_by_token_equals_parallel(variant):
     model = _model(variant)
     ids = torch.randint(0, 64, (2, 19))
     with torch.no_grad():
-        full = model(ids)
+        full = model(ids).logits
     with torch.inference_mode():
         state, outs = None, []
         for t in range(ids.shape[1]):
@@ -48,7 +48,7 @@ def test_uneven_pieces_equal_parallel(variant):
     model = _model(variant)
     ids = torch.randint(0, 64, (1, 23))
     with torch.no_grad():
-        full = model(ids)
+        full = model(ids).logits
         state, outs = None, []
         for a, b in [(0, 5), (5, 6), (6, 17), (17, 23)]:
             logits, state = model.step(ids[:, a:b], state)
@@ -63,11 +63,11 @@ def test_memory_changes_predictions():
     b = a.clone()
     b[0, :4] = (b[0, :4] + 1) % 64  # differ only in the first segment
     with torch.no_grad():
-        la, lb = model(a), model(b)
+        la, lb = model(a).logits, model(b).logits
     assert not torch.allclose(la[0, 16:], lb[0, 16:])  # the third segment sees the first only via memory
     model_t = _model("transformer")
     with torch.no_grad():
-        ta, tb = model_t(a), model_t(b)
+        ta, tb = model_t(a).logits, model_t(b).logits
     torch.testing.assert_close(ta[0, 20:], tb[0, 20:])  # the baseline's window (8) cannot see that far...
     # ...once the 2 persistent tokens and the window are past the change.
 
@@ -99,7 +99,7 @@ def test_loss_and_backward(variant):
     ids = torch.randint(0, 64, (2, 12))
     labels = torch.roll(ids, -1, dims=1)
     labels[:, -1] = -100
-    loss = model(ids, labels=labels)
+    loss = model(ids, labels=labels).loss
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -116,7 +116,7 @@ def test_table5_ablation_switches_run(flag):
     model = _model("mac", memory=memory)
     ids = torch.randint(0, 64, (1, 10))
     with torch.no_grad():
-        full = model(ids)
+        full = model(ids).logits
         state, outs = None, []
         for t in range(10):
             logits, state = model.step(ids[:, t : t + 1], state)

@@ -352,16 +352,19 @@ class TitansLM(nn.Module):
         return self.head(self.norm(x)), state
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> Any:
-        """Parallel forward over whole sequences (b, n).
+        """Parallel forward over whole sequences (b, n) (the trainer's plug-in API, docs/train.md).
 
         Returns:
-            The mean cross-entropy of predicting labels[:, t] from tokens <= t (labels already aligned with
-            input_ids, -100 ignored) when ``labels`` is given, else the logits (b, n, vocab).
+            An ``LMOutput`` with ``logits`` (b, n, vocab) and, when ``labels`` (b, n; the next tokens, -100
+            ignored) are given, ``loss``, the mean next-token cross-entropy.
         """
+        from testtime.train.registry import LMOutput
+
         logits, _ = self.step(input_ids)
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return LMOutput(logits=logits, loss=loss)
 
     @torch.no_grad()
     def generate(
