@@ -102,3 +102,18 @@ def test_transformer_loss_decreases_on_shakespeare(tiny_config) -> None:
     assert result.losses[25] < result.losses[5] - 0.5
     assert result.losses[5] < math.log(257)
     assert result.checkpoint is not None and (result.checkpoint / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(tiny_config, tmp_path) -> None:
+    accumulated = train(tiny_config(micro_batch_size=1, out_dir=str(tmp_path / "a"), eval_every=0))
+    whole = train(tiny_config(micro_batch_size=4, out_dir=str(tmp_path / "b"), eval_every=0))
+    assert accumulated.losses.keys() == whole.losses.keys()
+    for step in whole.losses:
+        assert accumulated.losses[step] == pytest.approx(whole.losses[step], rel=1e-5)
+    assert accumulated.evals[4] == pytest.approx(whole.evals[4], rel=1e-5)
+
+
+def test_bfloat16_autocast_trains(tiny_config) -> None:
+    result = train(tiny_config(dtype="bfloat16", max_steps=3, eval_every=0))
+    assert all(math.isfinite(v) for v in result.losses.values())
+    assert math.isfinite(result.evals[3])

@@ -14,8 +14,9 @@ __all__ = ["RMSNorm", "rms_norm"]
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, *, eps: float = 1e-6) -> torch.Tensor:
     """``x / sqrt(mean(x**2) + eps) * weight`` over the last dimension.
 
-    Low-precision inputs (float16, bfloat16) are normalised in float32 and cast back, as Llama and
-    DeepSeek-V3 do; float64 stays float64.
+    Low-precision inputs (float16, bfloat16) are normalised in float32 and cast back; float64 stays
+    float64. The gain is applied in the compute dtype before the cast (Hugging Face's Llama casts first,
+    then multiplies; the two agree exactly in float32 and differ by one rounding in bfloat16).
 
     Args:
         x: ``(..., d)``.
