@@ -157,3 +157,43 @@ def test_gamma_schedule_and_tracker() -> None:
     code = torch.tensor(summary["domain_load"]["code"])
     torch.testing.assert_close(code.sum(-1), torch.ones(2))
     assert summary["dead_experts"] == [int((row == 0).sum()) for row in tracker.total]
+
+
+_DDP_WORKER = """
+import sys
+import torch
+import torch.distributed as dist
+from testtime.deepseek import DeepSeekV3Config
+from testtime.deepseek.balance import update_routing_bias
+from testtime.deepseek.moe import MoE
+
+rank, world, init_file, out_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+moe = MoE(DeepSeekV3Config.tiny(n_routed_experts=8, num_experts_per_tok=2, n_group=1, topk_group=1))
+load = torch.arange(8.0) if rank == 0 else 3 * torch.arange(8.0).flip(0)  # opposite imbalances
+moe.pending_load.copy_(load)
+update_routing_bias(moe, 0.1)
+gathered = [torch.zeros(8) for _ in range(world)]
+dist.all_gather(gathered, moe.gate.e_score_correction_bias.clone())
+if rank == 0:
+    torch.save(torch.stack(gathered), out_file)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_bias_update_all_reduces_loads_under_ddp(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    out = tmp_path / "biases.pt"
+    args = ["2", str(tmp_path / "init"), str(out)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), *args]) for rank in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    biases = torch.load(out)
+    total = torch.arange(8.0) + 3 * torch.arange(8.0).flip(0)  # the summed loads: rank 1's imbalance wins
+    expected = 0.1 * torch.sign(total.mean() - total)
+    torch.testing.assert_close(biases[0], expected)
+    torch.testing.assert_close(biases[1], expected)
