@@ -144,7 +144,8 @@ def grouped_experts(
         indices: ``(n, k)`` chosen experts.
         gate_up: ``(E, 2I, D)`` stacked [gate ; up] projection of every expert.
         down: ``(E, D, I)`` down projections.
-        use_grouped_mm: use ``torch._grouped_mm`` (one call for all experts) when torch has it.
+        use_grouped_mm: use ``torch._grouped_mm`` (one call for all experts) when torch has it and there are
+            at least as many assignments as experts.
 
     Returns:
         ``(n, D)``: ``sum_k gates[:, k] * FFN_{indices[:, k]}(x)``.
@@ -158,7 +159,10 @@ def grouped_experts(
     counts = torch.bincount(flat, minlength=num_experts)
     xs = _Dispatch.apply(x, order, inverse, k)  # (m, D), contiguous per expert
     gates_sorted = gates.reshape(-1)[order, None].to(x.dtype)
-    if use_grouped_mm and hasattr(torch, "_grouped_mm") and x.dtype in (torch.float32, torch.bfloat16):
+    # grouped_mm visits every expert; with fewer assignments than experts (decoding) a loop over the hit
+    # experts issues fewer GEMMs
+    grouped = use_grouped_mm and hasattr(torch, "_grouped_mm") and flat.numel() >= num_experts
+    if grouped and x.dtype in (torch.float32, torch.bfloat16):
         offsets = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offsets)
         h = F.silu(h[:, :inter]) * h[:, inter:] * gates_sorted
