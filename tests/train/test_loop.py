@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from testtime.nn import YarnConfig
 from testtime.train.data import PackedSequences
 from testtime.train.distributed import DistInfo
 from testtime.train.loop import bits_per_byte, evaluate, lr_at, train
-from testtime.train.registry import LMOutput, get_model_spec, register_model
+from testtime.train.registry import LMOutput, get_model_spec, register_model, resolve_model_config
 from testtime.train.tokenizer import ByteTokenizer
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -117,3 +118,30 @@ def test_bfloat16_autocast_trains(tiny_config) -> None:
     result = train(tiny_config(dtype="bfloat16", max_steps=3, eval_every=0))
     assert all(math.isfinite(v) for v in result.losses.values())
     assert math.isfinite(result.evals[3])
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(tiny_config, tmp_path) -> None:
+    eager = train(tiny_config(max_steps=3, eval_every=0, out_dir=str(tmp_path / "eager")))
+    compiled = train(tiny_config(max_steps=3, eval_every=0, compile=True, out_dir=str(tmp_path / "compiled")))
+    for step, loss in eager.losses.items():
+        assert compiled.losses[step] == pytest.approx(loss, rel=1e-4)
+
+
+def test_nested_dataclass_fields_survive_the_saved_config() -> None:
+    @dataclass(kw_only=True)
+    class WithYarn:
+        dim: int = 8
+        yarn: YarnConfig | None = None  # a nested config, written as a mapping in config.yaml
+
+    spec = register_model(
+        "test-nested", config_cls=WithYarn, build=lambda c, v: nn.Linear(1, 1), presets={"p": WithYarn}
+    )
+    config = resolve_model_config(
+        spec, None, {"yarn": {"factor": 4.0, "original_max_position_embeddings": 64}}
+    )
+    assert config.yarn == YarnConfig(factor=4.0, original_max_position_embeddings=64)
+    again = resolve_model_config(
+        spec, None, {"yarn": {"factor": 2.0, "original_max_position_embeddings": 64}, "dim": 4}
+    )
+    assert again.yarn.factor == 2.0 and again.dim == 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import random
 import time
@@ -201,6 +202,7 @@ def _config_yaml(cfg: TrainConfig, model_config: Any) -> str:
 
     data = dataclasses.asdict(cfg)
     data["model_config"] = dataclasses.asdict(model_config)
+    data = json.loads(json.dumps(data, default=str))  # tuples -> lists, anything exotic -> its str
     return yaml.safe_dump(data, sort_keys=False)
 
 

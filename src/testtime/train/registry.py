@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,9 +181,27 @@ def resolve_model_config(spec: ModelSpec, preset: str | None, overrides: Mapping
     if unknown:
         raise UserError(f"unknown {spec.name} config field(s) {unknown}; fields: {', '.join(sorted(names))}")
     try:
-        return dataclasses.replace(config, **dict(overrides))
+        values = {name: _nested(config, name, value) for name, value in overrides.items()}
+        return dataclasses.replace(config, **values)
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad {spec.name} config: {exc}") from exc
+
+
+def _nested(config: Any, name: str, value: Any) -> Any:
+    """A mapping given for a dataclass-typed field (as a saved config.yaml holds it) becomes that dataclass."""
+    if not isinstance(value, Mapping):
+        return value
+    current = getattr(config, name)
+    if dataclasses.is_dataclass(current) and not isinstance(current, type):
+        return dataclasses.replace(current, **value)
+    try:
+        hint = typing.get_type_hints(type(config)).get(name)
+    except NameError:  # an annotation that cannot be resolved: leave the mapping as it is
+        return value
+    for option in (hint, *typing.get_args(hint)):
+        if isinstance(option, type) and dataclasses.is_dataclass(option):
+            return option(**value)
+    return value
 
 
 def build_model(spec: ModelSpec, config: Any, *, vocab_size: int) -> nn.Module:
