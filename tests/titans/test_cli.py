@@ -82,3 +82,14 @@ def test_cli_train_eval_niah(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "word" in res.output
+
+
+def test_demo_part_quick(tmp_path):
+    from testtime.demo import DemoContext
+    from testtime.titans.demo import needle_recall, run
+
+    section = run(DemoContext(out_dir=tmp_path, quick=True))
+    assert "needle" in section.markdown and "| 0.0 |" in section.markdown
+    # without forgetting the needle is recalled; strong forgetting loses it in a long haystack
+    assert needle_recall(256, alpha=0.0, trials=8) == 1.0
+    assert needle_recall(256, alpha=0.03, trials=8) < 0.5
