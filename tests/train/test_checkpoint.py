@@ -124,3 +124,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cli_args, tmp_path)
     assert loss_r == loss_u
     assert weights_r.keys() == weights_u.keys()
     assert all(torch.equal(weights_r[k], weights_u[k]) for k in weights_u)
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_config) -> None:
+    first = train(tiny_config(max_steps=2))
+    again = train(tiny_config(max_steps=2))
+    assert again.step == 2 and again.losses == {} and again.checkpoint == first.checkpoint

@@ -402,5 +402,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
             save()
     bar.close()
     loggers.close()
+    if ckpt is not None and result.checkpoint is None:  # the resumed run had already reached max_steps
+        result.checkpoint = ckpt if info.is_main else None
+        if info.is_main:
+            print(f"nothing to do: {ckpt} is at step {step} >= max_steps {cfg.max_steps}")
     result.step = step
     return result
