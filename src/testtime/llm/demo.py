@@ -2,7 +2,7 @@
 
 All prompts go to the local backend in one call (one engine batch, greedy); the part then times
 ``model.generate`` on the same batch (full runs only) and reports both aggregate tokens/s, and shows
-sampling (n = 4 at temperature 0.8) with the log-probabilities RL uses.
+sampling (n = 4 at temperature 1) with the log-probabilities RL uses.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def run(ctx: DemoContext) -> DemoSection:
             f"(engine / generate = {engine_rate / rate:.2f}; one run each on a shared CPU)."
         )
     samples = llm.generate(
-        chats[:1], n=4, temperature=0.8, max_tokens=max_tokens // 2, seed=ctx.seed, logprobs=True
+        chats[2:3], n=4, temperature=1.0, max_tokens=max_tokens // 2, seed=ctx.seed, logprobs=True
     )[0]
-    lines += ["", f"Four samples at temperature 0.8 for “{prompts[0]}” with their total log-probability:", ""]
+    lines += ["", f"Four samples at temperature 1 for “{prompts[2]}” with their total log-probability:", ""]
     for choice in samples:
         total = sum(choice.logprobs or [])
         text = choice.text.strip().replace("\n", " ")

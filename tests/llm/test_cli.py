@@ -1,0 +1,58 @@
+"""`testtime llm generate` and `testtime serve --help` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testtime.cli import main
+
+
+def test_llm_generate_json(tiny_llama_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "llm",
+                "generate",
+                "--model",
+                str(tiny_llama_dir),
+                "--max-tokens",
+                "5",
+                "--json",
+                "-n",
+                "2",
+                "--temperature",
+                "1",
+                "--seed",
+                "3",
+                "what is",
+                "one two",
+            ]
+        )
+    assert exit_info.value.code in (0, None)
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert [(r["prompt"], r["index"]) for r in rows] == [
+        ("what is", 0),
+        ("what is", 1),
+        ("one two", 0),
+        ("one two", 1),
+    ]
+    assert all(0 < r["completion_tokens"] <= 5 for r in rows)
+    assert "tok/s" in captured.err
+
+
+def test_llm_generate_rejects_bad_parameters(tiny_llama_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", "--model", str(tiny_llama_dir), "--temperature", "-1", "x"])
+    assert exit_info.value.code == 2
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_serve_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--host", "--port", "--model", "--api-key"):
+        assert option in out
