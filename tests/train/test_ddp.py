@@ -75,3 +75,18 @@ def test_ddp_two_processes_match_single_process(parallel, tiny_config, tiny_cli_
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_fsdp_checkpoint_resumes_in_one_process(tiny_config, tiny_cli_args, tmp_path) -> None:
+    """Checkpoints hold full tensors by parameter name: an FSDP2 run continues in a single process."""
+    sharded = tmp_path / "fsdp"
+    _torchrun(tiny_cli_args(sharded, "--max-steps", "4", "--parallel", "fsdp", "--eval-every", "0"))
+    single = tmp_path / "single"
+    train(tiny_config(max_steps=4, out_dir=str(single), eval_every=0))
+    # both continue to step 6 in one process from their own step-4 checkpoint
+    from_sharded = train(tiny_config(max_steps=6, out_dir=str(sharded), eval_every=0))
+    from_single = train(tiny_config(max_steps=6, out_dir=str(single), eval_every=0))
+    assert sorted(from_sharded.losses) == [5, 6]
+    for step in (5, 6):
+        assert from_sharded.losses[step] == pytest.approx(from_single.losses[step], rel=1e-5)
