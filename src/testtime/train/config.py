@@ -219,8 +219,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
     need(cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16, got {cfg.dtype}")
     need(cfg.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp, got {cfg.parallel}")
     need(
-        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda") or cfg.device == "mps",
-        f"device must be auto, cpu, cuda, cuda:N or mps, got {cfg.device}",
+        cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
+        f"device must be auto, cpu, cuda or cuda:N, got {cfg.device}",
     )
     if cfg.device.startswith("cuda"):
         import torch

@@ -237,7 +237,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     Returns:
         What the run did (see :class:`TrainResult`).
     """
-    # ---- setup: validate, join processes, seed, data, model, optimizer, resume ----
     validate(cfg, world_size=distributed.world_size_from_env())
     owns_group = not dist.is_initialized()
     info = distributed.setup(cfg.device)
@@ -249,6 +248,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
+    # ---- setup: run folder, seed, data, model, optimizer, resume ----
     micro_bs, grad_accum = _micro_batches(cfg, info.world_size)
     out_dir = Path(cfg.out_dir)
     ckpt_root = out_dir / "checkpoints"
