@@ -145,6 +145,7 @@ def main() -> None:
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
             "peak_mib": statistics.median(r["peak_mib"] for r in runs),
             "runs": len(runs),
+            "all_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs],
         }
     print("\n| contender | length | tokens/s (median) | peak MiB (median) |\n|---|---|---|---|")
     for key, row in table.items():
@@ -160,7 +161,7 @@ def main() -> None:
         "length": longest,
         "repeats": args.repeats,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": sorted({r["threads"] for runs in results.values() for r in runs}),
         "memory_measure": "ru_maxrss high-water minus RSS before the timed steps, fresh process per run",
         "results": table,
     }
