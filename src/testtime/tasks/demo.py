@@ -46,9 +46,14 @@ def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:  # noq
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
-def _cell(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _cell(text: str, limit: int = 160, *, markdown: bool = True) -> str:
+    """One line, at most ``limit`` characters; escaped for a markdown table cell when ``markdown``."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if markdown:
+        text = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
 def run(ctx: DemoContext) -> DemoSection:
@@ -67,8 +72,8 @@ def run(ctx: DemoContext) -> DemoSection:
         typer.echo(
             f"\n[{name}] {instance.id}: score {verdict.score:.2f}, solved {verdict.solved} ({seconds:.1f} s)"
         )
-        typer.echo(f"  answer:   {_cell(answer, 200)}")
-        typer.echo(f"  feedback: {_cell(verdict.feedback, 200)}")
+        typer.echo(f"  answer:   {_cell(answer, 200, markdown=False)}")
+        typer.echo(f"  feedback: {_cell(verdict.feedback, 200, markdown=False)}")
         rows.append((name, answer, verdict))
 
     # ARC-Easy: letters by generation vs cloze scoring of the option texts.
