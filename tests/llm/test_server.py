@@ -191,6 +191,10 @@ def test_bad_completions_and_auth(served):
     assert wrong_key.status_code == 401
     no_key = httpx.get(f"{served}/v1/models")
     assert no_key.status_code == 401
+    too_many = httpx.post(
+        f"{served}/v1/completions", json={"model": "tiny", "prompt": ["a"] * 20, "n": 60}, headers=headers
+    )
+    assert too_many.status_code == 400 and "completions per request" in too_many.json()["error"]["message"]
     ok = httpx.post(
         f"{served}/v1/completions",
         json={"model": "tiny", "prompt": ["a b", "c"], "max_tokens": 3, "temperature": 0},

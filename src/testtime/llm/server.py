@@ -39,6 +39,7 @@ class ServerLimits:
         max_n: the largest ``n``.
         max_prompt_tokens: the longest prompt in tokens.
         max_prompts: the most prompts in one ``/v1/completions`` request.
+        max_rows: the most completions (prompts times n) in one request.
         max_body_bytes: the largest request body.
         default_max_tokens: ``max_tokens`` when a request gives none.
     """
@@ -47,6 +48,7 @@ class ServerLimits:
     max_n: int = 64
     max_prompt_tokens: int = 8192
     max_prompts: int = 256
+    max_rows: int = 512
     max_body_bytes: int = 4 * 1024 * 1024
     default_max_tokens: int = 256
 
@@ -372,6 +374,12 @@ def create_app(
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
         if not prompts or len(prompts) > limits.max_prompts:
             return _error(400, f"give between 1 and {limits.max_prompts} prompts")
+        if len(prompts) * params.n > limits.max_rows:
+            return _error(
+                400,
+                f"{len(prompts)} prompts x n={params.n} exceeds this server's limit of "
+                f"{limits.max_rows} completions per request",
+            )
         lengths = encode_all(prompts)
         if isinstance(lengths, JSONResponse):
             return lengths
