@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from testtime.errors import UserError
-from testtime.train.tokenizer import Tokenizer
+from testtime.train.tokenizer import ByteTokenizer, Tokenizer
 
 __all__ = [
     "CORPORA",
@@ -178,11 +179,13 @@ def tokenize_documents(tokenizer: Tokenizer, docs: Sequence[Document]) -> torch.
     Returns:
         ``(total_tokens,)`` int64.
     """
-    ids: list[int] = []
-    for encoded in tokenizer.encode_batch([d.text for d in docs]):
-        ids += encoded
-        ids.append(tokenizer.eot_id)
-    return torch.tensor(ids, dtype=torch.long)
+    if isinstance(tokenizer, ByteTokenizer):  # ids are the bytes: skip the Python lists
+        arrays = [np.frombuffer(d.text.encode("utf-8"), dtype=np.uint8) for d in docs]
+    else:
+        arrays = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch([d.text for d in docs])]
+    eot = np.array([tokenizer.eot_id], dtype=np.int64)
+    pieces = [part for array in arrays for part in (array.astype(np.int64), eot)]
+    return torch.from_numpy(np.concatenate(pieces)) if pieces else torch.empty(0, dtype=torch.long)
 
 
 class PackedSequences:
