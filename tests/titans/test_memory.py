@@ -167,36 +167,35 @@ def test_custom_backward_gradcheck(read):
 
 
 def test_custom_backward_matches_plain_autograd():
-    """The recomputing Function gives the gradients of autograd through the plain chunk loop."""
-    from testtime.titans import memory as mem
+    """The recomputing Function, the stored (plain autograd) scan and a hand loop over chunk_step agree."""
+    from testtime.titans.memory import chunk_step
 
     q, k, v, theta, eta, alpha, weights = _inputs(g=2, n=13, d=4, e=5, depth=2, seed=6)
     momenta = [torch.zeros_like(w) for w in weights]
     inputs = [q, k, v, theta, eta.log(), torch.log1p(-alpha)]
-    a = [t.clone().requires_grad_() for t in inputs + weights]
-    y, w, s = memory_scan(*a[:6], a[6:], momenta, chunk_size=4, checkpoint_every=2)
-    ((y**2).sum() + (w[0] ** 3).sum()).backward()
-    b = [t.clone().requires_grad_() for t in inputs + weights]
-    spec = mem._ScanSpec(
-        chunk_size=4, num_layers=2, has_momentum=True, has_decay=True, act="silu", residual=False,
-        read="after", checkpoint_every=1,
-    )  # fmt: skip
-    state = mem._run_chunks(spec, tuple(b[:6]), b[6:] + momenta, mem._bounds(13, 4), None)
-    ys = []
-    cur = b[6:] + momenta
-    for start, end in mem._bounds(13, 4):
-        sl = slice(start, end)
-        yy, ww, ss = mem.chunk_step(
-            *(t[:, sl] for t in b[:6]), cur[:2], cur[2:], act="silu", residual=False, read="after"
-        )
-        ys.append(yy)
-        if end - start == 4:
-            cur = ww + ss
-    out = torch.cat(ys, dim=1)
-    ((out**2).sum() + (cur[0] ** 3).sum()).backward()
-    torch.testing.assert_close(state[0], cur[0])
-    for ta, tb in zip(a, b, strict=True):
-        torch.testing.assert_close(ta.grad, tb.grad, rtol=1e-9, atol=1e-10)
+
+    def grads(how):
+        a = [t.clone().requires_grad_() for t in inputs + weights]
+        if how == "loop":  # per-chunk coefficients, no vectorised scan, no custom Function
+            cur, ys = a[6:] + momenta, []
+            for start in range(0, 13, 4):
+                sl = slice(start, min(start + 4, 13))
+                yy, ww, ss = chunk_step(
+                    *(t[:, sl] for t in a[:6]), cur[:2], cur[2:], act="silu", residual=False, read="after"
+                )
+                ys.append(yy)
+                if sl.stop - sl.start == 4:
+                    cur = ww + ss
+            y, w = torch.cat(ys, dim=1), cur[:2]
+        else:
+            y, w, _ = memory_scan(*a[:6], a[6:], momenta, chunk_size=4, checkpoint_every=how)
+        ((y**2).sum() + (w[0] ** 3).sum()).backward()
+        return [t.grad for t in a]
+
+    reference = grads("loop")
+    for how in (1, 2, 0):
+        for got, want in zip(grads(how), reference, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
 def _module(**overrides):

@@ -191,6 +191,71 @@ def mlp_forward_backward(
     return inputs, deltas
 
 
+def _last_rows(co: ChunkCoefficients) -> dict[str, Tensor | None]:
+    """The coefficient tensors one chunk step needs (reads, and the rows of the chunk's last token)."""
+    return {
+        "read_w": co.read_w,
+        "read_s": co.read_s,
+        "read_k": co.read_k,
+        "last_w": co.m_w[:, -1],
+        "last_s": co.m_s[:, -1],
+        "last_kw": co.k_w[:, -1],
+        "last_smom": co.s_mom[:, -1],
+        "last_kmom": co.k_mom[:, -1],
+    }
+
+
+COEF_NAMES = ("read_w", "read_s", "read_k", "last_w", "last_s", "last_kw", "last_smom", "last_kmom")
+
+
+def _chunk_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    co: dict[str, Tensor | None],
+    weights: list[Tensor],
+    momenta: list[Tensor],
+    *,
+    act: str,
+    residual: bool,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """:func:`chunk_step` with precomputed coefficients (``COEF_NAMES``; read_* None: chunk-start reads)."""
+    inputs, deltas = mlp_forward_backward(k, v, weights, act=act, residual=residual)
+    read_w, read_s, read_k = co["read_w"], co["read_s"], co["read_k"]
+    r = q
+    for index, w in enumerate(weights):
+        z = r @ w
+        if read_k is not None:
+            assert read_w is not None
+            z = read_w[..., None] * z
+            if momenta:
+                assert read_s is not None
+                z = z + read_s[..., None] * (r @ momenta[index])
+            scores = read_k * (r @ inputs[index].mT)  # g c c
+            z = torch.baddbmm(z, scores, deltas[index], alpha=-1.0)
+        r = act_fn(z, act) if index < len(weights) - 1 else z
+    y = r + q if residual else r
+    last_w, last_kw = co["last_w"], co["last_kw"]
+    assert last_w is not None and last_kw is not None
+    new_weights, new_momenta = [], []
+    for index, w in enumerate(weights):
+        a_t = inputs[index].mT  # g d_in c
+        w_new = torch.baddbmm(last_w[:, None, None] * w, a_t, last_kw[..., None] * deltas[index], alpha=-1.0)
+        if momenta:
+            last_s, last_smom, last_kmom = co["last_s"], co["last_smom"], co["last_kmom"]
+            assert last_s is not None and last_smom is not None and last_kmom is not None
+            w_new = w_new + last_s[:, None, None] * momenta[index]
+            s_new = torch.baddbmm(
+                last_smom[:, None, None] * momenta[index],
+                a_t,
+                last_kmom[..., None] * deltas[index],
+                alpha=-1.0,
+            )
+            new_momenta.append(s_new)
+        new_weights.append(w_new)
+    return y, new_weights, new_momenta
+
+
 def chunk_step(
     q: Tensor,
     k: Tensor,
@@ -216,47 +281,69 @@ def chunk_step(
     Returns:
         (y, weights_end, momenta_end) with y (g, c, d).
     """
-    co = chunk_coefficients(theta, log_eta, log_gamma, read=read)
-    inputs, deltas = mlp_forward_backward(k, v, weights, act=act, residual=residual)
-    r = q
-    for index, w in enumerate(weights):
-        z = r @ w
-        if co.read_k is not None:
-            assert co.read_w is not None and co.read_s is not None
-            z = co.read_w[..., None] * z
-            if momenta:
-                z = z + co.read_s[..., None] * (r @ momenta[index])
-            scores = co.read_k * (r @ inputs[index].mT)  # g c c
-            z = z - scores @ deltas[index]
-        r = act_fn(z, act) if index < len(weights) - 1 else z
-    y = r + q if residual else r
-    last_w, last_s = co.m_w[:, -1, None, None], co.m_s[:, -1, None, None]
-    new_weights, new_momenta = [], []
-    for index, w in enumerate(weights):
-        a_t = inputs[index].mT  # g d_in c
-        w_new = last_w * w - a_t @ (co.k_w[:, -1, :, None] * deltas[index])
-        if momenta:
-            w_new = w_new + last_s * momenta[index]
-            s_new = co.s_mom[:, -1, None, None] * momenta[index] - a_t @ (
-                co.k_mom[:, -1, :, None] * deltas[index]
-            )
-            new_momenta.append(s_new)
-        new_weights.append(w_new)
-    return y, new_weights, new_momenta
+    co = _last_rows(chunk_coefficients(theta, log_eta, log_gamma, read=read))
+    return _chunk_step(q, k, v, co, weights, momenta, act=act, residual=residual)
 
 
 # ------------------------------------------------------------------------------------ the chunked scan
+
+
+def scan_coefficients(
+    theta: Tensor, log_eta: Tensor | None, log_gamma: Tensor | None, *, chunk_size: int, read: str
+) -> dict[str, Tensor | None]:
+    """The coefficients of every chunk at once (eqs. 16-18), vectorised over chunks.
+
+    Args:
+        theta: (g, n); log_eta, log_gamma: (g, n) or None.
+        chunk_size: c; the sequence is padded to a whole number of chunks (padding comes after every real
+            token, so the coefficients of real tokens do not depend on it).
+        read: the read mode.
+
+    Returns:
+        ``COEF_NAMES`` -> tensors with a chunk axis: read_w/read_s (g, N, c), read_k (g, N, c, c), last_w /
+        last_s / last_smom (g, N), last_kw / last_kmom (g, N, c); momentum terms None without momentum.
+    """
+    g, n = theta.shape
+    num = math.ceil(n / chunk_size)
+    pad = num * chunk_size - n
+
+    def fold(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        return F.pad(t, (0, pad)).reshape(g * num, chunk_size)
+
+    co = _last_rows(chunk_coefficients(fold(theta), fold(log_eta), fold(log_gamma), read=read))  # type: ignore[arg-type]
+    out: dict[str, Tensor | None] = {}
+    for name in COEF_NAMES:
+        t = co[name]
+        if t is None or (log_eta is None and name in ("read_s", "last_s", "last_smom", "last_kmom")):
+            out[name] = None
+        else:
+            out[name] = t.reshape(g, num, *t.shape[1:])
+    return out
+
+
+def _slice_coefficients(co: dict[str, Tensor | None], index: int, length: int) -> dict[str, Tensor | None]:
+    """Chunk ``index``'s coefficients, cut to its ``length`` real tokens."""
+    out: dict[str, Tensor | None] = {}
+    for name, t in co.items():
+        if t is None:
+            out[name] = None
+        elif t.dim() == 2:
+            out[name] = t[:, index]
+        elif t.dim() == 3:
+            out[name] = t[:, index, :length]
+        else:
+            out[name] = t[:, index, :length, :length]
+    return out
 
 
 @dataclass(frozen=True)
 class _ScanSpec:
     chunk_size: int
     num_layers: int
-    has_momentum: bool
-    has_decay: bool
     act: str
     residual: bool
-    read: str
     checkpoint_every: int
 
 
@@ -266,26 +353,26 @@ def _bounds(n: int, c: int) -> list[tuple[int, int]]:
 
 def _run_chunks(
     spec: _ScanSpec,
-    tensors: tuple[Tensor | None, ...],
+    qkv: tuple[Tensor, Tensor, Tensor],
+    co: dict[str, Tensor | None],
     state: list[Tensor],
-    bounds: list[tuple[int, int]],
+    first_chunk: int,
+    num_chunks: int,
     y: Tensor | None,
 ) -> list[Tensor]:
-    """Run chunks ``bounds`` from ``state`` (weights then momenta); writes reads into y when given."""
-    q, k, v, theta, log_eta, log_gamma = tensors
-    assert q is not None and k is not None and v is not None and theta is not None
-    num = spec.num_layers
-    for start, end in bounds:
+    """Run chunks first_chunk .. first_chunk + num_chunks - 1 from ``state``; writes reads into y when given."""
+    q, k, v = qkv
+    c, n, num = spec.chunk_size, q.shape[1], spec.num_layers
+    for index in range(first_chunk, min(first_chunk + num_chunks, math.ceil(n / c))):
+        start, end = index * c, min(index * c + c, n)
         sl = slice(start, end)
-        out, w, s = chunk_step(
-            q[:, sl], k[:, sl], v[:, sl], theta[:, sl],
-            log_eta[:, sl] if log_eta is not None else None,
-            log_gamma[:, sl] if log_gamma is not None else None,
-            state[:num], state[num:], act=spec.act, residual=spec.residual, read=spec.read,
+        out, w, s = _chunk_step(
+            q[:, sl], k[:, sl], v[:, sl], _slice_coefficients(co, index, end - start), state[:num], state[num:],
+            act=spec.act, residual=spec.residual,
         )  # fmt: skip
         if y is not None:
             y[:, sl] = out
-        if end - start == spec.chunk_size:  # a partial last chunk does not commit its state
+        if end - start == c:  # a partial last chunk does not commit its state
             state = w + s
     return state
 
@@ -294,22 +381,22 @@ class _ChunkedMemoryScan(torch.autograd.Function):
     """The whole sequence's memory scan with a recomputing backward (stores states every few chunks)."""
 
     @staticmethod
-    def forward(ctx, spec: _ScanSpec, q, k, v, theta, log_eta, log_gamma, *state):  # type: ignore[override]
+    def forward(ctx, spec: _ScanSpec, q, k, v, *rest):  # type: ignore[override]
+        coefs = dict(zip(COEF_NAMES, rest[: len(COEF_NAMES)], strict=True))
+        state = list(rest[len(COEF_NAMES) :])
         g, n, d = q.shape
-        bounds = _bounds(n, spec.chunk_size)
+        num_chunks = math.ceil(n / spec.chunk_size)
         y = q.new_empty(g, n, d)
-        tensors = (q, k, v, theta, log_eta, log_gamma)
         checkpoints: list[Tensor] = []
         cur = list(state)
         every = spec.checkpoint_every
-        for seg_start in range(0, len(bounds), every):
+        for first in range(0, num_chunks, every):
             checkpoints.extend(cur)
-            cur = _run_chunks(spec, tensors, cur, bounds[seg_start : seg_start + every], y)
+            cur = _run_chunks(spec, (q, k, v), coefs, cur, first, every, y)
         ctx.spec = spec
         ctx.num_state = len(state)
-        ctx.has_gates = (log_eta is not None, log_gamma is not None)
-        saved = [t for t in tensors if t is not None] + checkpoints
-        ctx.save_for_backward(*saved)
+        ctx.present = [coefs[name] is not None for name in COEF_NAMES]
+        ctx.save_for_backward(q, k, v, *[t for t in coefs.values() if t is not None], *checkpoints)
         inputs = {id(t) for t in state}
         return (y, *[t.clone() if id(t) in inputs else t for t in cur])
 
@@ -317,68 +404,75 @@ class _ChunkedMemoryScan(torch.autograd.Function):
     def backward(ctx, dy, *dstate):  # type: ignore[override]
         spec: _ScanSpec = ctx.spec
         saved = list(ctx.saved_tensors)
-        q, k, v, theta = saved[:4]
-        pos = 4
-        log_eta = log_gamma = None
-        if ctx.has_gates[0]:
-            log_eta = saved[pos]
-            pos += 1
-        if ctx.has_gates[1]:
-            log_gamma = saved[pos]
-            pos += 1
+        q, k, v = saved[:3]
+        pos = 3
+        coefs: dict[str, Tensor | None] = {}
+        for name, present in zip(COEF_NAMES, ctx.present, strict=True):
+            coefs[name] = saved[pos] if present else None
+            pos += int(present)
         checkpoints = saved[pos:]
-        num_state = ctx.num_state
-        tensors = [q, k, v, theta, log_eta, log_gamma]
-        grads = [torch.zeros_like(t) if t is not None else None for t in tensors]
+        num_state, num_layers, c = ctx.num_state, spec.num_layers, spec.chunk_size
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dco = {name: torch.zeros_like(t) if t is not None else None for name, t in coefs.items()}
         n = q.shape[1]
-        bounds = _bounds(n, spec.chunk_size)
+        num_chunks = math.ceil(n / c)
         every = spec.checkpoint_every
         dcur = [
-            d if d is not None else torch.zeros_like(c)
-            for d, c in zip(dstate, checkpoints[:num_state], strict=True)
+            d if d is not None else torch.zeros_like(s)
+            for d, s in zip(dstate, checkpoints[:num_state], strict=True)
         ]
-        num_segments = math.ceil(len(bounds) / every)
-        dy = dy.contiguous() if dy is not None else torch.zeros_like(q)
-        for seg in range(num_segments - 1, -1, -1):
+        dy = dy if dy is not None else torch.zeros_like(q)
+        for seg in range(math.ceil(num_chunks / every) - 1, -1, -1):
             state = [t.detach() for t in checkpoints[seg * num_state : (seg + 1) * num_state]]
             records = []
             with torch.enable_grad():
-                for start, end in bounds[seg * every : (seg + 1) * every]:
+                for index in range(seg * every, min(seg * every + every, num_chunks)):
+                    start, end = index * c, min(index * c + c, n)
                     sl = slice(start, end)
-                    leaves_in = [
-                        t[:, sl].detach().requires_grad_() if t is not None else None for t in tensors
-                    ]
+                    leaves = [t[:, sl].detach().requires_grad_() for t in (q, k, v)]
+                    co = {
+                        name: t.detach().requires_grad_() if t is not None else None
+                        for name, t in _slice_coefficients(coefs, index, end - start).items()
+                    }
                     leaves_state = [t.detach().requires_grad_() for t in state]
-                    out, w, s = chunk_step(
-                        *leaves_in, leaves_state[: spec.num_layers], leaves_state[spec.num_layers :],
-                        act=spec.act, residual=spec.residual, read=spec.read,
+                    out, w, s = _chunk_step(
+                        *leaves, co, leaves_state[:num_layers], leaves_state[num_layers:],
+                        act=spec.act, residual=spec.residual,
                     )  # fmt: skip
-                    complete = end - start == spec.chunk_size
-                    records.append((sl, leaves_in, leaves_state, out, w + s, complete))
+                    complete = end - start == c
+                    records.append((index, sl, leaves, co, leaves_state, out, w + s, complete))
                     if complete:
                         state = [t.detach() for t in w + s]
-            for sl, leaves_in, leaves_state, out, new_state, complete in reversed(records):
+            for index, sl, leaves, co, leaves_state, out, new_state, complete in reversed(records):
                 outputs = [out] + (new_state if complete else [])
                 grad_out = [dy[:, sl]] + (dcur if complete else [])
-                wrt = [t for t in leaves_in if t is not None] + leaves_state
+                co_names = [name for name, t in co.items() if t is not None]
+                wrt = leaves + [co[name] for name in co_names] + leaves_state
                 got = torch.autograd.grad(outputs, wrt, grad_out, allow_unused=True)
-                index = 0
-                for j, t in enumerate(leaves_in):
-                    if t is None:
+                for full, gi in zip((dq, dk, dv), got[:3], strict=True):
+                    if gi is not None:
+                        full[:, sl] += gi
+                length = sl.stop - sl.start
+                for name, gi in zip(co_names, got[3 : 3 + len(co_names)], strict=True):
+                    full = dco[name]
+                    assert full is not None
+                    if gi is None:
                         continue
-                    gj = got[index]
-                    index += 1
-                    if gj is not None:
-                        grads[j][:, sl] += gj  # type: ignore[index]
+                    if full.dim() == 2:
+                        full[:, index] += gi
+                    elif full.dim() == 3:
+                        full[:, index, :length] += gi
+                    else:
+                        full[:, index, :length, :length] += gi
                 dstate_in = [
                     gs if gs is not None else torch.zeros_like(ls)
-                    for gs, ls in zip(got[index:], leaves_state, strict=True)
+                    for gs, ls in zip(got[3 + len(co_names) :], leaves_state, strict=True)
                 ]
                 if complete:
                     dcur = dstate_in
                 else:  # the partial chunk starts from the returned state: add, do not replace
                     dcur = [a + b for a, b in zip(dcur, dstate_in, strict=True)]
-        return (None, *grads, *dcur)
+        return (None, dq, dk, dv, *[dco[name] for name in COEF_NAMES], *dcur)
 
 
 def memory_scan(
@@ -405,7 +499,8 @@ def memory_scan(
         weights: L tensors (g, d_in, d_out), M_0; momenta: the same shapes (S_0), or [] without momentum.
         chunk_size: b of eq. 16.
         act, residual, read: see :class:`~testtime.titans.config.MemoryConfig`.
-        checkpoint_every: chunks between states stored for the backward (None: ~sqrt(number of chunks)).
+        checkpoint_every: chunks between states stored for the backward (None: ~sqrt(number of chunks);
+            0: plain autograd, every chunk's weights stored).
 
     Returns:
         (y, weights, momenta): the reads y (g, n, d) and the state after the last COMPLETE chunk (a trailing
@@ -417,25 +512,22 @@ def memory_scan(
     num_chunks = max(1, math.ceil(n / chunk_size))
     every = checkpoint_every if checkpoint_every is not None else max(1, math.isqrt(num_chunks))
     spec = _ScanSpec(
-        chunk_size=chunk_size, num_layers=len(weights), has_momentum=log_eta is not None,
-        has_decay=log_gamma is not None, act=act, residual=residual, read=read, checkpoint_every=every,
-    )  # fmt: skip
-    tensors = (q, k, v, theta, log_eta, log_gamma)
+        chunk_size=chunk_size, num_layers=len(weights), act=act, residual=residual, checkpoint_every=every
+    )
+    coefs = scan_coefficients(theta, log_eta, log_gamma, chunk_size=chunk_size, read=read)
     state = list(weights) + list(momenta)
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (*tensors, *state)
+        t is not None and t.requires_grad for t in (q, k, v, *coefs.values(), *state)
     )
     if needs_grad and every > 0:
-        y, *new_state = _ChunkedMemoryScan.apply(spec, *tensors, *state)
+        y, *new_state = _ChunkedMemoryScan.apply(spec, q, k, v, *coefs.values(), *state)
     elif needs_grad:  # plain autograd through the chunk loop: stores every chunk's weights, no recompute
         outs: list[Tensor] = []
-        for start, end in _bounds(n, chunk_size):
+        for index, (start, end) in enumerate(_bounds(n, chunk_size)):
             sl = slice(start, end)
-            out, w, s = chunk_step(
-                q[:, sl], k[:, sl], v[:, sl], theta[:, sl],
-                log_eta[:, sl] if log_eta is not None else None,
-                log_gamma[:, sl] if log_gamma is not None else None,
-                state[: len(weights)], state[len(weights) :], act=act, residual=residual, read=read,
+            out, w, s = _chunk_step(
+                q[:, sl], k[:, sl], v[:, sl], _slice_coefficients(coefs, index, end - start),
+                state[: len(weights)], state[len(weights) :], act=act, residual=residual,
             )  # fmt: skip
             outs.append(out)
             if end - start == chunk_size:
@@ -443,7 +535,7 @@ def memory_scan(
         y, new_state = torch.cat(outs, dim=1), state
     else:
         y = q.new_empty(q.shape)
-        new_state = _run_chunks(spec, tensors, state, _bounds(n, chunk_size), y)
+        new_state = _run_chunks(spec, (q, k, v), coefs, state, 0, num_chunks, y)
     num = len(weights)
     return y, list(new_state[:num]), list(new_state[num:])
 
