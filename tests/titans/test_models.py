@@ -129,3 +129,11 @@ def test_mac_window_must_align_with_chunks():
 
     with pytest.raises(ValueError):
         TitansLM(TitansConfig.tiny("mac", window=6, memory=MemoryConfig.tiny(dim=32, chunk_size=4)))
+
+
+def test_ablation_flags_set_the_fields():
+    cfg = TitansConfig.tiny("mag", ablations=["linear_memory", "no_conv", "no_momentum", "no_persistent"])
+    assert cfg.memory.depth == 1 and cfg.memory.conv_kernel == 0 and not cfg.memory.momentum
+    assert cfg.memory.weight_decay and cfg.num_persistent == 0
+    with pytest.raises(ValueError):
+        TitansConfig.tiny("mag", ablations=["no_attention"])

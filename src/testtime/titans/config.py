@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-__all__ = ["MemoryConfig", "TitansConfig"]
+__all__ = ["ABLATIONS", "MemoryConfig", "TitansConfig"]
 
 ReadMode = Literal["after", "before", "chunk_start"]
 GateMode = Literal["token", "chunk"]
@@ -120,6 +120,16 @@ class MemoryConfig:
         return cls(**base)  # type: ignore[arg-type]
 
 
+# Table 5's ablations: name -> (field of MemoryConfig, or num_persistent of TitansConfig; value).
+ABLATIONS: dict[str, tuple[str, object]] = {
+    "linear_memory": ("depth", 1),
+    "no_conv": ("conv_kernel", 0),
+    "no_momentum": ("momentum", False),
+    "no_weight_decay": ("weight_decay", False),
+    "no_persistent": ("num_persistent", 0),
+}
+
+
 @dataclass(kw_only=True)
 class TitansConfig:
     """A Titans language model (§4): LMM alone, MAC, MAG or MAL, or the Transformer++ baseline.
@@ -138,6 +148,9 @@ class TitansConfig:
         memory: the neural memory of every block.
         tie_embeddings: share input embedding and output head.
         rope_base: rotary embedding base.
+        ablations: Table 5 switches applied on top of the rest: "linear_memory" (memory depth 1),
+            "no_conv", "no_momentum", "no_weight_decay", "no_persistent" (e.g. ``--set
+            model_config.ablations=[no_conv]``).
     """
 
     variant: Variant = "mac"
@@ -151,6 +164,7 @@ class TitansConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     tie_embeddings: bool = True
     rope_base: float = 10000.0
+    ablations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, dict):  # from a saved YAML / JSON config
@@ -159,6 +173,14 @@ class TitansConfig:
             self.memory = replace(self.memory, dim=self.dim, head_dim=None)
         if self.variant not in ("lmm", "mac", "mag", "mal", "transformer"):
             raise ValueError(f"unknown variant {self.variant!r}")
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(ABLATIONS)}")
+        changes = {field_: value for name, (field_, value) in ABLATIONS.items() if name in self.ablations}
+        if "num_persistent" in changes:
+            self.num_persistent = changes.pop("num_persistent")
+        if changes:
+            self.memory = replace(self.memory, **changes)
         if self.dim % self.num_attn_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_attn_heads {self.num_attn_heads}")
         if self.window < 1 or self.num_persistent < 0:
