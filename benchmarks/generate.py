@@ -24,13 +24,13 @@ import time
 
 import torch
 
-QUESTIONS = [
-    "What is the capital of France?",
+QUESTIONS = [  # batch b takes the first b; the first has a long answer so that batch 1 measures decoding
+    "Explain gravity to a child in two sentences.",
     "Give one reason the sky looks blue.",
     "Write a haiku about test-time compute.",
     "What is 12 + 30?",
     "Name three fruits that are red.",
-    "Explain gravity to a child in two sentences.",
+    "What is the capital of France?",
     "What is a prime number?",
     "Tell me a short joke about computers.",
     "How many legs does a spider have?",

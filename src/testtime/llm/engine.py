@@ -460,8 +460,10 @@ class Engine:
         shape = (config.num_hidden_layers, num_rows, self.num_kv_heads, max_len, self.head_dim)
         cos, sin = self._rope_tables(max_len)
         return _Batch(
-            cache_k=torch.zeros(shape, dtype=self.dtype, device=self.device),
-            cache_v=torch.zeros(shape, dtype=self.dtype, device=self.device),
+            # Uninitialised: a slot is read only after it was written (prefill writes every column, each
+            # step its own), so no memory is touched for the unused tail of a long max_new_tokens.
+            cache_k=torch.empty(shape, dtype=self.dtype, device=self.device),
+            cache_v=torch.empty(shape, dtype=self.dtype, device=self.device),
             key_valid=torch.zeros(num_rows, max_len, dtype=torch.bool, device=self.device),
             rope_cos=cos,
             rope_sin=sin,
