@@ -236,9 +236,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 variants, 1 seed, 5 steps (a smoke test)")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="*", default=None, help="run only these variants")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = {**VARIANTS, **MTP_VARIANTS}
+    if args.variants:
+        unknown = set(args.variants) - set(variants)
+        if unknown:
+            raise SystemExit(f"unknown variants {sorted(unknown)}; known: {list(variants)}")
+        variants = {k: variants[k] for k in args.variants}
     if args.quick:
         args.steps, args.seeds = 5, 1
         variants = {k: variants[k] for k in ("none", "v3+mtp")}

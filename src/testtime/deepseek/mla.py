@@ -242,6 +242,20 @@ class MLA(nn.Module):
         rows = torch.cat((self.kv_a_layernorm(latent), k_rope), dim=-1)
         return q_nope, q_rope, rows
 
+    def cheaper_mode(self, num_queries: int, num_keys: int) -> AttentionMode:
+        """The path with fewer multiply-adds for ``s`` queries over ``t`` keys.
+
+        Expanded: up-project t latents (t * c * h * (d + v)) plus attention (s * t * h * (d + r + v)).
+        Absorbed: fold the queries (s * h * d * c), attention over cache rows (s * t * h * (2c + r)), unfold
+        the outputs (s * h * c * v). Decoding steps and short verification chunks favour absorbed; a prefill
+        favours expanded.
+        """
+        s, t, h = num_queries, num_keys, self.num_heads
+        c, d, r, v = self.kv_rank, self.nope_dim, self.rope_dim, self.v_dim
+        expanded = t * c * h * (d + v) + s * t * h * (d + r + v)
+        absorbed = s * h * c * (d + v) + s * t * h * (2 * c + r)
+        return "absorbed" if absorbed < expanded else "expanded"
+
     def up_weight(self) -> torch.Tensor:
         """``(h, d + v, c)``: the up-projections [W^UK ; W^UV] per head (a view of ``kv_b_proj.weight``)."""
         return self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_rank)
@@ -264,7 +278,7 @@ class MLA(nn.Module):
             sin: rope sines.
             cache: the latent cache; its ``length`` is the position of ``x``'s first token.
             layer: this layer's index in ``cache``.
-            mode: "expanded" or "absorbed"; None picks absorbed for cached single-token steps, else expanded.
+            mode: "expanded" or "absorbed"; None: expanded without a cache, else :meth:`cheaper_mode`.
 
         Returns:
             ``(b, s, D)``.
@@ -275,7 +289,7 @@ class MLA(nn.Module):
             offset = cache.length
             rows = cache.write(layer, rows)
         if mode is None:
-            mode = "absorbed" if cache is not None and x.shape[1] == 1 else "expanded"
+            mode = self.cheaper_mode(x.shape[1], rows.shape[1]) if cache is not None else "expanded"
         if mode == "absorbed":
             out = absorbed_attention(q_nope, q_rope, rows, self.up_weight(), scale=self.scale, offset=offset)
         elif mode == "expanded":
