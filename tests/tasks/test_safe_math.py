@@ -104,3 +104,22 @@ def test_powers_when_allowed_are_bounded_before_computing() -> None:
         evaluate("2 ** 0.5", limits=power)
     with pytest.raises(ExpressionError, match="digits"):
         evaluate("99999 ** 60", limits=power)
+
+
+def test_hostile_countdown_answers_run_nothing(tmp_path) -> None:  # noqa: ANN001
+    from testtime.tasks import get_task
+
+    marker = tmp_path / "ran"
+    task = get_task("countdown")
+    instance = task.instances(seed=0)[0]
+    for answer in (
+        f"<answer>__import__('os').system('touch {marker}')</answer>",
+        f"The answer is (lambda: __import__('pathlib').Path('{marker}').touch())()",
+        "<answer>9**9**9**9</answer>",
+        "<answer>" + "(" * 10_000 + "1" + ")" * 10_000 + "</answer>",
+    ):
+        start = time.perf_counter()
+        verdict = task.verify(instance, answer)
+        assert not verdict.solved and verdict.score == 0.0
+        assert time.perf_counter() - start < 1.0
+    assert not marker.exists()
