@@ -284,3 +284,18 @@ def test_config_validation():
         MemoryConfig(depth=2, learned_init=False)
     with pytest.raises(ValueError):
         MemoryConfig(read="later")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_custom_backward_full_gradcheck():
+    """Every entry of the Jacobian (not a random projection), read after, partial last chunk."""
+    q, k, v, theta, eta, alpha, weights = _inputs(g=1, n=5, d=2, e=3, depth=2, seed=7)
+    momenta = [0.1 * torch.randn_like(w) for w in weights]
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, theta, eta.log(), torch.log1p(-alpha))]
+    state = [t.clone().requires_grad_() for t in weights + momenta]
+
+    def fn(*args):
+        y, w, s = memory_scan(*args[:6], list(args[6:8]), list(args[8:]), chunk_size=2, checkpoint_every=1)
+        return (y, *w, *s)
+
+    assert torch.autograd.gradcheck(fn, (*leaves, *state), eps=1e-6, atol=1e-6)
