@@ -150,11 +150,16 @@ def run_one(
 
 
 def aggregate(results: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Mean and std over seeds per variant."""
+    """Mean and std over seeds per variant, plus the bpb difference to "none" paired by seed."""
     rows = []
+    base = {r["seed"]: r["bpb"] for r in results if r["variant"] == "none"}
     for name in dict.fromkeys(r["variant"] for r in results):
         runs = [r for r in results if r["variant"] == name]
         row: dict[str, object] = {"variant": name, "seeds": len(runs)}
+        paired = [float(r["bpb"]) - float(base[r["seed"]]) for r in runs if r["seed"] in base]  # type: ignore[arg-type]
+        if paired:
+            row["delta_bpb"] = statistics.mean(paired)
+            row["delta_bpb_std"] = statistics.stdev(paired) if len(paired) > 1 else 0.0
         for key in runs[0]:
             if key in ("variant", "seed"):
                 continue
@@ -170,12 +175,14 @@ def write_report(rows: list[dict[str, object]], out: Path, args: argparse.Namesp
         f"# DeepSeek-V3 balancing ablation (miniature): {args.steps} steps, batch {args.batch} x {args.seq} bytes, "
         f"{args.seeds} seeds",
         "",
-        "| variant | bpb (both) | bpb code | bpb prose | MaxVio batch | MaxVio global | dead experts | specialisation |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | bpb (both) | Δ bpb vs none, paired | bpb code | bpb prose | MaxVio batch | MaxVio global "
+        "| dead experts | specialisation |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        delta = f"{r['delta_bpb']:+.3f} ± {r['delta_bpb_std']:.3f}" if "delta_bpb" in r else "-"
         lines.append(
-            f"| {r['variant']} | {r['bpb']:.3f} ± {r['bpb_std']:.3f} | {r['bpb_code']:.3f} | {r['bpb_prose']:.3f} | "
+            f"| {r['variant']} | {r['bpb']:.3f} ± {r['bpb_std']:.3f} | {delta} | {r['bpb_code']:.3f} | {r['bpb_prose']:.3f} | "
             f"{r['maxvio_batch']:.2f} ± {r['maxvio_batch_std']:.2f} | {r['maxvio_global']:.2f} ± "
             f"{r['maxvio_global_std']:.2f} | {r['dead_experts']:.1f} | {r['specialisation']:.2f} |"
         )
@@ -204,21 +211,21 @@ def write_report(rows: list[dict[str, object]], out: Path, args: argparse.Namesp
                 continue
             ax.errorbar(
                 r["maxvio_global"],
-                r["bpb"],
+                r["delta_bpb"],
                 xerr=r["maxvio_global_std"],
-                yerr=r["bpb_std"],
+                yerr=r["delta_bpb_std"],
                 fmt="o",
                 capsize=3,
             )
             ax.annotate(
                 r["variant"],
-                (r["maxvio_global"], r["bpb"]),
+                (r["maxvio_global"], r["delta_bpb"]),
                 fontsize=8,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
         ax.set_xlabel("MaxVio global (validation)")
-        ax.set_ylabel("validation bits per byte")
+        ax.set_ylabel("validation bits per byte minus 'none' (same seed)")
         ax.set_title("Balance vs quality (lower-left is better)")
         fig.tight_layout()
         fig.savefig(out / "frontier.png", dpi=120)
@@ -237,7 +244,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", nargs="*", default=None, help="run only these variants")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="*", default=None, help="only rebuild the report from results files"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        merged: dict[tuple[str, int], dict[str, object]] = {}
+        for path in args.from_json:  # later files replace earlier runs of the same variant and seed
+            for r in json.loads(path.read_text()):
+                merged[(str(r["variant"]), int(r["seed"]))] = r  # type: ignore[call-overload]
+        results = list(merged.values())
+        args.seeds = max(int(r["seed"]) for r in results) + 1  # type: ignore[call-overload]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        write_report(aggregate(results), args.out, args)
+        print((args.out / "results.md").read_text())
+        return
     torch.set_num_threads(args.threads)
     variants = {**VARIANTS, **MTP_VARIANTS}
     if args.variants:
