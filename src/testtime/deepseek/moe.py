@@ -8,8 +8,10 @@ does not mention it). Node-limited routing: experts form ``n_group`` groups, a g
 two highest biased affinities, and only the ``topk_group`` best groups may be chosen from. No token is dropped.
 
 Experts run in grouped batches: the (token, expert) assignments are sorted by expert once, and each expert
-runs once on its contiguous slice of tokens (``torch._grouped_mm`` when available, else one matmul pair per
-expert); outputs are weighted and summed back with one ``index_add``.
+runs once on its contiguous slice of tokens (``torch._grouped_mm`` when available and there are at least as
+many assignments as experts, else one matmul pair per hit expert); the gate scales each expert's hidden
+activation, and each token's k outputs are gathered back and summed. Dispatch and combine are permutations,
+so their backward passes are gathers too (no scatter-add).
 
 Balance losses (returned, never applied by this module to anything but ``aux_loss``):
 
