@@ -98,7 +98,7 @@ def _run(ctx: DemoContext) -> DemoSection:
     from testtime.deepseek.generate import generate
     from testtime.deepseek.mtp import speculative_generate
 
-    seconds = 3.0 if ctx.quick else 25.0
+    seconds = 1.5 if ctx.quick else 25.0
     batch, seq_len = 8, 65
     train, val = _batches(seq_len, batch, ctx.seed)
     typer.echo(f"training a tiny DeepSeek-V3 without balancing for ~{seconds:.0f} s ...")
