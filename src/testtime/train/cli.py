@@ -72,7 +72,7 @@ def add_train_command(
         logger: list[str] | None = typer.Option(
             None, help="jsonl, tensorboard, wandb or trackio; repeat for several."
         ),
-        seed: int | None = typer.Option(None, help="Seed for initialisation, data order and sampling."),
+        seed: int | None = typer.Option(None, help="Seed for initialisation and data order."),
         device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
         dtype: str | None = typer.Option(None, help="float32, or bfloat16 autocast."),
         parallel: str | None = typer.Option(None, help="ddp or fsdp, under torchrun with several processes."),
