@@ -246,3 +246,16 @@ def test_prepacked_float32_path_matches_plain_and_generate(tiny_llama_dir):
         assert a == pytest.approx(b, abs=1e-4)
     with pytest.raises(ValueError, match="prepack"):
         Engine(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64), prepack=True)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_repeated_prompts_share_one_prefill(model64, lean):
+    """n samples of one prompt (prefilled once, cache rows copied) equal the same rows prefilled apart."""
+    engine = Engine(model64, lean=lean)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]]
+    greedy = engine.generate(prompts, max_new_tokens=8).tokens
+    assert greedy == _generate_reference(model64, prompts, 8, [-1])
+    sampled = engine.generate(prompts, max_new_tokens=8, temperature=1.0, seed=0, return_logprobs=True)
+    for prompt, tokens, logprobs in zip(prompts, sampled.tokens, sampled.logprobs, strict=True):
+        assert logprobs == pytest.approx(_full_forward_logprobs(model64, prompt, tokens), abs=1e-10)
+    assert len({tuple(sampled.tokens[i]) for i in (0, 2, 3)}) > 1

@@ -519,7 +519,17 @@ class Engine:
             return GenerationResult(tokens=tokens, logprobs=logprobs, finish_reasons=reasons)
         stops = torch.tensor(sorted(set(stop_token_ids)) or [-1], device=self.device)
         step = self._step_lean if self.lean else self._step_fallback
-        state = self._prefill_lean(prompts, max_new_tokens) if self.lean else self._prefill_fallback(prompts)
+        # Repeated prompts (n samples of one prompt) are prefilled once and their cache rows copied.
+        unique: dict[tuple[int, ...], int] = {}
+        source = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        distinct = [list(p) for p in unique]
+        state = (
+            self._prefill_lean(distinct, max_new_tokens) if self.lean else self._prefill_fallback(distinct)
+        )
+        if len(distinct) < num_rows:
+            expand = torch.tensor(source, device=self.device)
+            state = self._compact(state, expand)
+            state["logits"] = state["logits"][expand]
         rows = torch.arange(num_rows)  # original row of each batch row
         alive = [True] * num_rows  # per batch row: still generating
         logits = state.pop("logits")
@@ -618,7 +628,7 @@ class Engine:
         return out.logits[:, -1]
 
     def _compact(self, state: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-        """Keep only the batch rows ``keep`` of a generation state (finished rows leave the batch)."""
+        """Select the batch rows ``keep`` of a generation state (finished rows leave; repeats copy rows)."""
         if "batch" in state:
             batch: _Batch = state["batch"]
             batch.cache_k = batch.cache_k[:, keep]
