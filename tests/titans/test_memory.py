@@ -299,3 +299,14 @@ def test_custom_backward_full_gradcheck():
         return (y, *w, *s)
 
     assert torch.autograd.gradcheck(fn, (*leaves, *state), eps=1e-6, atol=1e-6)
+
+
+def test_default_gates_stay_finite_on_long_sequences():
+    """An untrained memory with the default initial gates does not blow up over thousands of tokens."""
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig.tiny(chunk_size=16))
+    x = torch.randn(2, 4096, 16)  # unit scale, as after the blocks' RMSNorm
+    with torch.no_grad():
+        out, state = mem(x)
+    assert torch.isfinite(out).all()
+    assert all(w.abs().max() < 100 for w in state.weights)
