@@ -134,6 +134,12 @@ def expanded_attention(
     key = torch.cat((k_nope, k_rope), dim=-1)
     query = rearrange(torch.cat((q_nope, q_rope), dim=-1), "b s h f -> b h s f")
     s, t = query.shape[2], key.shape[2]
+    v_dim, qk_dim = value.shape[-1], query.shape[-1]
+    # SDPA's fused (flash) kernels need one head width for q, k and v; zero columns change neither the
+    # scores (scale is explicit) nor the outputs we keep, and avoid the math path's (s, t) score matrix.
+    width = max(v_dim, qk_dim)
+    query, key = F.pad(query, (0, width - qk_dim)), F.pad(key, (0, width - qk_dim))
+    value = F.pad(value, (0, width - v_dim))
     if offset == 0 and s == t:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
     else:
@@ -141,7 +147,7 @@ def expanded_attention(
             torch.arange(s, device=query.device)[:, None] + offset
         )
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-    return rearrange(out, "b h s v -> b s h v")
+    return rearrange(out[..., :v_dim], "b h s v -> b s h v")
 
 
 def absorbed_attention(
