@@ -2,7 +2,7 @@
 
 All prompts go to the local backend in one call (one engine batch, greedy); the part then times
 ``model.generate`` on the same batch (full runs only) and reports both aggregate tokens/s, and shows
-sampling (n = 4 at temperature 1) with the log-probabilities RL uses.
+sampling (n = 4 at temperature 0.7, top-p 0.9) with the log-probabilities RL uses.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def run(ctx: DemoContext) -> DemoSection:
     prompts = PROMPTS[:4] if ctx.quick else PROMPTS
     chats = [[{"role": "user", "content": p}] for p in prompts]
     path = "lean Llama forward" if llm.engine.lean else f"model forward ({llm.engine.fallback_reason})"
+    start = time.perf_counter()
+    llm.engine.prepare()
+    print(f"engine weights fused and packed in {time.perf_counter() - start:.1f} s")
     print(f"engine: {path}; {len(chats)} prompts in one batch, greedy, up to {max_tokens} tokens each")
     out = llm.generate(chats, temperature=0, max_tokens=max_tokens)
     engine_rate = llm.usage.completion_tokens / llm.usage.wall_seconds
@@ -94,9 +97,14 @@ def run(ctx: DemoContext) -> DemoSection:
             f"(engine / generate = {engine_rate / rate:.2f}; one run each on a shared CPU)."
         )
     samples = llm.generate(
-        chats[2:3], n=4, temperature=1.0, max_tokens=max_tokens // 2, seed=ctx.seed, logprobs=True
+        chats[2:3], n=4, temperature=0.7, top_p=0.9, max_tokens=max_tokens // 2, seed=ctx.seed, logprobs=True
     )[0]
-    lines += ["", f"Four samples at temperature 1 for “{prompts[2]}” with their total log-probability:", ""]
+    lines += [
+        "",
+        f"Four samples (temperature 0.7, top-p 0.9) for “{prompts[2]}” with their total log-probability "
+        "under the model:",
+        "",
+    ]
     for choice in samples:
         total = sum(choice.logprobs or [])
         text = choice.text.strip().replace("\n", " ")

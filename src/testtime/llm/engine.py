@@ -299,6 +299,12 @@ class Engine:
         """The model's compute dtype (that of its embedding)."""
         return self.model.get_input_embeddings().weight.dtype
 
+    @torch.inference_mode()
+    def prepare(self) -> None:
+        """Fuse and pack the weights now (the first call would otherwise do it); a no-op on the fallback path."""
+        if self.lean:
+            self._sync_weights()
+
     def refresh_weights(self) -> None:
         """Forget the fused and packed weights; the next call re-reads every parameter from the model."""
         self._layers = []
