@@ -259,3 +259,20 @@ def test_repeated_prompts_share_one_prefill(model64, lean):
     for prompt, tokens, logprobs in zip(prompts, sampled.tokens, sampled.logprobs, strict=True):
         assert logprobs == pytest.approx(_full_forward_logprobs(model64, prompt, tokens), abs=1e-10)
     assert len({tuple(sampled.tokens[i]) for i in (0, 2, 3)}) > 1
+
+
+def test_num_threads_applies_during_calls_only(model64):
+    before = torch.get_num_threads()
+    engine = Engine(model64, num_threads=1)
+    seen = []
+
+    def spy(row: int, tokens: list[int]) -> bool:
+        seen.append(torch.get_num_threads())
+        return False
+
+    plain = Engine(model64).generate(PROMPTS, max_new_tokens=3).tokens
+    assert engine.generate(PROMPTS, max_new_tokens=3, stop_check=spy).tokens == plain
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        Engine(model64, num_threads=0)

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
             10.0, "--max-wait-ms", help="How long a request waits for others to share its batch."
         ),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+        threads: int = typer.Option(
+            None, "--threads", help="torch threads while generating (1 is best on oversubscribed cores)."
+        ),
     ) -> None:
         """Serve a local model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions,
         /v1/completions), batching concurrent requests into the engine."""
@@ -52,7 +55,9 @@ def register(app: typer.Typer) -> None:
         if not 0 < port < 65536:
             raise UserError(f"--port must be in 1..65535, got {port}")
         start = time.perf_counter()
-        llm = LocalLLM.from_name(model, max_batch_size=max_batch_size)
+        if threads is not None and threads < 1:
+            raise UserError("--threads must be >= 1")
+        llm = LocalLLM.from_name(model, max_batch_size=max_batch_size, num_threads=threads)
         name = served_name or model
         limits = ServerLimits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
         application = create_app(
@@ -80,6 +85,9 @@ def register(app: typer.Typer) -> None:
         max_tokens: int = typer.Option(128, "--max-tokens", help="Most tokens per completion."),
         seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object per completion."),
+        threads: int = typer.Option(
+            None, "--threads", help="torch threads while generating (1 is best on oversubscribed cores)."
+        ),
     ) -> None:
         """Complete prompts with the local engine, batched, and print the answers with the throughput."""
         from testtime.llm.local import LocalLLM
@@ -91,7 +99,9 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        llm = LocalLLM.from_name(model)
+        if threads is not None and threads < 1:
+            raise UserError("--threads must be >= 1")
+        llm = LocalLLM.from_name(model, num_threads=threads)
         batch = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
         out = llm.generate(batch, params)
         for prompt, choices in zip(prompts, out, strict=True):

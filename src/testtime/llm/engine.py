@@ -34,7 +34,10 @@ Nh query heads, Nk KV heads, G = Nh / Nk, D head dim, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,31 @@ def sample_next(
         choice = torch.multinomial(sorted_logits.softmax(dim=-1), 1, generator=generator)
         return order.gather(-1, choice).squeeze(-1)
     return torch.multinomial(scaled.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch threads (process-wide), restoring the previous count afterwards."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _with_threads(method: Any) -> Any:
+    """Run an :class:`Engine` method under the engine's ``num_threads``."""
+
+    @functools.wraps(method)
+    def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with _threads(self.num_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -255,6 +283,9 @@ class Engine:
         prepack: run the lean path's matrix products through oneDNN on weights packed once per change
             (True requires it, False never, None when available: CPU, float32 or bfloat16). It keeps a packed
             copy of the weights (the model's size once more).
+        num_threads: torch threads during this engine's calls (None: leave torch's setting). One thread is
+            much faster than two on oversubscribed cores (see docs/benchmarks/generate.md). The setting is
+            process-wide while a call runs.
     """
 
     def __init__(
@@ -264,6 +295,7 @@ class Engine:
         lean: bool | None = None,
         compact_fraction: float = 0.25,
         prepack: bool | None = None,
+        num_threads: int | None = None,
     ) -> None:
         self.model = model
         ok, reason = lean_supported(model)
@@ -272,6 +304,9 @@ class Engine:
         self.lean = ok if lean is None else bool(lean)
         self.fallback_reason = reason
         self.compact_fraction = compact_fraction
+        if num_threads is not None and num_threads < 1:
+            raise ValueError("num_threads must be >= 1")
+        self.num_threads = num_threads
         self._layers: list[_LayerWeights] = []
         self._head: tuple[tuple[tuple[int, int, int], ...], _Linear] | None = None
         available = self.lean and _onednn_available(self.device, self.dtype)
@@ -481,6 +516,7 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
 
+    @_with_threads
     @torch.inference_mode()
     def generate(
         self,
@@ -647,6 +683,7 @@ class Engine:
 
     # Scoring ---------------------------------------------------------------------
 
+    @_with_threads
     @torch.inference_mode()
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
         """Log-probabilities of given completions after their prompts, under the raw model (one forward pass).

@@ -30,6 +30,7 @@ class LocalLLM(BaseLLM):
         max_batch_size: the most rows (prompts times n) per engine batch.
         defaults: sampling parameters for calls that pass none.
         lean: passed to the engine (None: lean forward when the architecture supports it).
+        num_threads: torch threads while the engine runs (None: torch's setting).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class LocalLLM(BaseLLM):
         max_batch_size: int = 32,
         defaults: SamplingParams | None = None,
         lean: bool | None = None,
+        num_threads: int | None = None,
     ) -> None:
         super().__init__(defaults=defaults)
         if max_batch_size < 1:
@@ -49,7 +51,7 @@ class LocalLLM(BaseLLM):
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.engine = Engine(model, lean=lean)
+        self.engine = Engine(model, lean=lean, num_threads=num_threads)
         self._lock = threading.Lock()
         eos: set[int] = set()
         if tokenizer.eos_token_id is not None:
