@@ -276,3 +276,30 @@ def test_num_threads_applies_during_calls_only(model64):
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError):
         Engine(model64, num_threads=0)
+
+
+def test_qwen2_biases_run_on_the_lean_path_and_match_generate():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(config).double().eval()
+    with torch.no_grad():  # non-zero q/k/v biases, so that a bias bug shows
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_()
+    engine = Engine(model)
+    assert engine.lean
+    assert engine.generate(PROMPTS, max_new_tokens=8).tokens == _generate_reference(model, PROMPTS, 8, [-1])
+    completions = [[3, 4], [5], [6, 7, 8], [9]]
+    for prompt, completion, got in zip(PROMPTS, completions, engine.score(PROMPTS, completions), strict=True):
+        assert got == pytest.approx(_full_forward_logprobs(model, prompt, completion), abs=1e-10)

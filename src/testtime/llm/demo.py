@@ -7,6 +7,7 @@ sampling (n = 4 at temperature 0.7, top-p 0.9) with the log-probabilities RL use
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -56,7 +57,12 @@ def run(ctx: DemoContext) -> DemoSection:
     from testtime.llm.local import LocalLLM
 
     model, tokenizer = ctx.model_and_tokenizer()
-    llm = LocalLLM(model, tokenizer, name=ctx.model_name or "smollm2")
+    # On cores oversubscribed by other work, one thread beats two by far (docs/benchmarks/generate.md).
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
+    threads = 1 if busy else None
+    if busy:
+        print(f"load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs: the engine uses 1 thread")
+    llm = LocalLLM(model, tokenizer, name=ctx.model_name or "smollm2", num_threads=threads)
     max_tokens = 12 if ctx.quick else 64
     prompts = PROMPTS[:4] if ctx.quick else PROMPTS
     chats = [[{"role": "user", "content": p}] for p in prompts]
@@ -87,7 +93,12 @@ def run(ctx: DemoContext) -> DemoSection:
         f"**{engine_rate:.1f} tok/s** aggregate.",
     ]
     if not ctx.quick:
-        rate = _generate_rate(model, llm, chats, max_tokens)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)  # the same threads as the engine, for a fair ratio
+        try:
+            rate = _generate_rate(model, llm, chats, max_tokens)
+        finally:
+            torch.set_num_threads(previous)
         print(
             f"[transformers generate on the same batch: {rate:.1f} tok/s; engine / generate = "
             f"{engine_rate / rate:.2f}]"
