@@ -1,24 +1,27 @@
 """A batched sampling engine over a KV cache for transformers causal LMs, with a lean path for the Llama family.
 
-For a 135M model on a CPU, ``model.generate`` spends most of each decoding step in Python and framework
-overhead (mask building, cache bookkeeping, logits processors), not in matrix products. This engine keeps
-the matrix products and drops the rest:
+For a 135M model on a CPU, a decoding step of ``model.generate`` costs its matrix products (MKL sgemm on
+8-32 rows, which reads the weights at a fraction of the memory bandwidth) plus Python and framework overhead
+(mask building, cache bookkeeping, logits processors). This engine runs the products through oneDNN on
+weights packed once, and drops the overhead (measured in docs/benchmarks/generate.md):
 
 - **Lean path** (Llama, Mistral without sliding window, Qwen2, SmolLM2: ``model.model.layers[i]`` with
   ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` as plain ``nn.Linear``, SiLU, RMSNorm, no
   q/k norms): its own forward reading the HF weights, a KV cache allocated once per call
   (``[layers, batch, kv_heads, max_len, head_dim]``), fused QKV and gate/up matrices, SDPA with the query
   heads of one KV group folded into the query length while decoding (no K/V repetition), a key-padding mask
-  built once per call and sliced per step, and RoPE tables computed by the model's own rotary module.
+  built once per call and sliced per step, RoPE tables computed by the model's own rotary module, logits of
+  the last position only, finished rows dropped from the batch, repeated prompts prefilled once, and on
+  CPUs with oneDNN every weight product (the LM head too) on a pre-packed copy of the weight.
 - **Fallback path** (any other causal LM): the model's own forward with its ``DynamicCache``.
 
 Both paths batch ragged prompts by left padding with position ids counted from each prompt's first real
 token, the way ``generate`` does, so greedy output is token-identical to ``generate`` (up to float rounding
 ties, which float64 removes; see tests/llm/test_engine.py).
 
-Weight modifications: the lean path caches fused copies of the QKV and gate/up weights. At the start of
-every :meth:`Engine.generate` / :meth:`Engine.score` call it compares each source parameter's identity and
-in-place version counter with those it fused from (a few microseconds) and re-fuses the layers that changed,
+Weight modifications: the lean path caches fused (and packed) copies of the weights. At the start of every
+:meth:`Engine.generate` / :meth:`Engine.score` call it compares each source parameter's identity, storage
+and in-place version counter with those it packed from (microseconds) and rebuilds the layers that changed,
 so in-place edits (an optimizer step, SVF singular-value scaling written into the weights) and replaced
 parameters are picked up without reloading. Parametrized weights (``torch.nn.utils.parametrize``) are
 re-read on every call. Changes made *during* a call are not seen. :meth:`Engine.refresh_weights` forces a
