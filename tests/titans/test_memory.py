@@ -23,16 +23,20 @@ def _float64():
     torch.set_default_dtype(old)
 
 
-def _mlp(x, weights, act, residual):
+def _mlp(x, weights, act, residual, norm=False):
     h = x
     for i, w in enumerate(weights):
         h = h @ w
         if i < len(weights) - 1:
             h = F.silu(h) if act == "silu" else F.gelu(h)
+    if norm:
+        h = F.rms_norm(h, (h.shape[-1],), eps=1e-6)
     return h + x if residual else h
 
 
-def naive_memory(q, k, v, theta, eta, alpha, weights, *, chunk, act="silu", residual=False, read="after"):
+def naive_memory(
+    q, k, v, theta, eta, alpha, weights, *, chunk, act="silu", residual=False, read="after", norm=False
+):
     """Token-by-token eqs. 9-15 with gradients at the chunk-start weights (eq. 16); eta/alpha may be None."""
     g, n, _ = q.shape
     w_cur = [w.clone() for w in weights]
@@ -44,7 +48,7 @@ def naive_memory(q, k, v, theta, eta, alpha, weights, *, chunk, act="silu", resi
             anchor = [w.clone() for w in w_cur]
         with torch.enable_grad():
             leaves = [a.detach().requires_grad_() for a in anchor]
-            out = _mlp(k[:, t : t + 1], leaves, act, residual)
+            out = _mlp(k[:, t : t + 1], leaves, act, residual, norm)
             loss = ((out - v[:, t : t + 1]) ** 2).sum()
             grads = torch.autograd.grad(loss, leaves)
         before = w_cur
@@ -53,7 +57,7 @@ def naive_memory(q, k, v, theta, eta, alpha, weights, *, chunk, act="silu", resi
         s_cur = [e * s - theta[:, t, None, None] * u for s, u in zip(s_cur, grads, strict=True)]
         w_cur = [keep * w + s for w, s in zip(w_cur, s_cur, strict=True)]
         read_w = {"after": w_cur, "before": before, "chunk_start": anchor}[read]
-        ys.append(_mlp(q[:, t : t + 1], read_w, act, residual))
+        ys.append(_mlp(q[:, t : t + 1], read_w, act, residual, norm))
     return torch.cat(ys, dim=1), w_cur, s_cur
 
 
@@ -100,14 +104,19 @@ def test_chunked_equals_naive_recurrence(chunk, read, depth):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("act,residual", [("gelu", False), ("silu", True)])
-def test_activation_and_residual(act, residual):
-    q, k, v, theta, eta, alpha, weights = _inputs(depth=2, seed=1)
+@pytest.mark.parametrize(
+    "act,residual,norm,depth",
+    [("gelu", False, False, 2), ("silu", True, False, 2), ("silu", False, True, 2), ("gelu", True, True, 3)],
+)
+def test_activation_residual_and_norm(act, residual, norm, depth):
+    q, k, v, theta, eta, alpha, weights = _inputs(depth=depth, seed=1)
     y, _, _ = memory_scan(
         q, k, v, theta, eta.log(), torch.log1p(-alpha), weights, [torch.zeros_like(w) for w in weights],
-        chunk_size=4, act=act, residual=residual,
+        chunk_size=4, act=act, residual=residual, norm=norm,
     )  # fmt: skip
-    y_ref, _, _ = naive_memory(q, k, v, theta, eta, alpha, weights, chunk=4, act=act, residual=residual)
+    y_ref, _, _ = naive_memory(
+        q, k, v, theta, eta, alpha, weights, chunk=4, act=act, residual=residual, norm=norm
+    )
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -159,8 +168,9 @@ def test_custom_backward_gradcheck(read):
 
     def fn(*args):
         y, w, s = memory_scan(
-            *args[:6], list(args[6:8]), list(args[8:]), chunk_size=2, read=read, checkpoint_every=1
-        )
+            *args[:6], list(args[6:8]), list(args[8:]), chunk_size=2, read=read, checkpoint_every=1,
+            norm=read == "after",
+        )  # fmt: skip
         return (y, *w, *s)
 
     assert torch.autograd.gradcheck(fn, (*leaves, *state), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -220,8 +230,9 @@ def test_module_equals_naive(gates, read):
         theta, log_eta, log_gamma = theta[:, first], log_eta[:, first], log_gamma[:, first]
     weights = [w.repeat(2, 1, 1) for w in mem.init_weights]
     y_ref, _, _ = naive_memory(
-        q, k, v, theta, log_eta.exp(), -torch.expm1(log_gamma), weights, chunk=4, read=read
-    )
+        q, k, v, theta, log_eta.exp(), -torch.expm1(log_gamma), weights, chunk=4, read=read,
+        norm=mem.config.norm,
+    )  # fmt: skip
     torch.testing.assert_close(out, mem.output(y_ref, x), rtol=1e-10, atol=1e-10)
 
 

@@ -29,6 +29,10 @@ class MemoryConfig:
         expansion: hidden width of the MLP = expansion * head_dim (only used when depth >= 2).
         activation: the MLP's non-linearity (the paper does not name one).
         residual: memory computes k + MLP(k) instead of MLP(k) (not in the paper; off by default).
+        norm: the memory MLP's output is RMS-normalised, M(k) = MLP(k) / rms(MLP(k)) (not in the paper;
+            on by default: without it gradient descent on a deep memory diverged within tens of training
+            steps in our runs, as its curvature grows with its weights; the normalisation makes the
+            memory scale-invariant, as TTT's LayerNorm does). False is the paper's plain MLP.
         chunk_size: b, tokens whose gradients are taken at the same (chunk-start) weights (eq. 16).
         gates: "token": theta_t, eta_t, alpha_t per token (eqs. 13-14); "chunk": one value per chunk,
             the paper's faster option (§3.2), computed from the chunk's first token so that it stays causal.
@@ -41,9 +45,11 @@ class MemoryConfig:
         weight_decay: the forgetting gate alpha_t (eq. 13); False is Table 5 "w/o weight decay".
         learned_init: M_0 is a learned parameter per head (True) or zero (False, only for depth 1, because a
             zero deep MLP has zero gradient for every layer but the last).
-        max_lr: theta_t = max_lr * sigmoid(x w_theta + b_theta).
+        max_lr: theta_t = max_lr * sigmoid(x w_theta + b_theta); None: 1 / chunk_size, the largest rate at
+            which a chunk of identical unit-norm keys stays stable for a linear memory with any momentum
+            (inside a chunk the gradients add up at the same weights).
         theta_bias, eta_bias, alpha_bias: initial biases of the gate projections (weights start at zero,
-            so training starts from theta ~ 0.03, eta ~ 0.73, alpha ~ 0.007: a stable effective step).
+            so training starts from theta = max_lr / 2, eta = 0.5, alpha ~ 0.007).
         output_norm: RMS-normalise each head's retrieved value before the output projection (§4.4).
         output_gate: multiply by SiLU(x W_g) before the output projection (§4.4, "gating").
         checkpoint_every: chunks between stored memory states in the backward pass; the chunks in between
@@ -58,6 +64,7 @@ class MemoryConfig:
     expansion: float = 4.0
     activation: Activation = "silu"
     residual: bool = False
+    norm: bool = True
     chunk_size: int = 64
     gates: GateMode = "token"
     read: ReadMode = "after"
@@ -66,9 +73,9 @@ class MemoryConfig:
     momentum: bool = True
     weight_decay: bool = True
     learned_init: bool = True
-    max_lr: float = 1.0
-    theta_bias: float = -3.5
-    eta_bias: float = 1.0
+    max_lr: float | None = None
+    theta_bias: float = 0.0
+    eta_bias: float = 0.0
     alpha_bias: float = -5.0
     output_norm: bool = True
     output_gate: bool = True
@@ -97,6 +104,11 @@ class MemoryConfig:
             raise ValueError("learned_init=False (M_0 = 0) only works for a linear memory (depth 1)")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0 or None")
+
+    @property
+    def lr_cap(self) -> float:
+        """The effective max_lr (``max_lr``, or 1 / chunk_size when None)."""
+        return self.max_lr if self.max_lr is not None else 1.0 / self.chunk_size
 
     @property
     def hidden_dim(self) -> int:

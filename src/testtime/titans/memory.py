@@ -157,8 +157,14 @@ def chunk_coefficients(
     )
 
 
+def rms_normalize(z: Tensor) -> tuple[Tensor, Tensor]:
+    """z / r with r = sqrt(mean(z^2) + eps) over the last axis; returns (z / r, r)."""
+    r = torch.sqrt(z.square().mean(dim=-1, keepdim=True) + 1e-6)
+    return z / r, r
+
+
 def mlp_forward_backward(
-    k: Tensor, v: Tensor, weights: list[Tensor], *, act: str, residual: bool
+    k: Tensor, v: Tensor, weights: list[Tensor], *, act: str, residual: bool, norm: bool = False
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Layer inputs and output-side gradients of loss_t = ||M(k_t) - v_t||^2 for every token (eq. 12).
 
@@ -169,6 +175,7 @@ def mlp_forward_backward(
         weights: L tensors (g, d_in, d_out), the chunk-start weights.
         act: the MLP non-linearity.
         residual: the memory is k + MLP(k).
+        norm: the MLP's output is RMS-normalised (no gain) before the residual.
 
     Returns:
         (a, delta): per layer, inputs a[l] (g, c, d_in) and deltas delta[l] (g, c, d_out).
@@ -181,8 +188,11 @@ def mlp_forward_backward(
             pre.append(z)
             h = act_fn(z, act)
             inputs.append(h)
-    out = z + k if residual else z
+    zn, r = rms_normalize(z) if norm else (z, None)
+    out = zn + k if residual else zn
     delta = 2.0 * (out - v)
+    if r is not None:  # back through z / r: (g - n mean(g n)) / r
+        delta = (delta - zn * (delta * zn).mean(dim=-1, keepdim=True)) / r
     deltas = [delta]
     for index in range(len(weights) - 2, -1, -1):
         delta = (delta @ weights[index + 1].mT) * act_grad(pre[index], act)
@@ -218,9 +228,10 @@ def _chunk_step(
     *,
     act: str,
     residual: bool,
+    norm: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """:func:`chunk_step` with precomputed coefficients (``COEF_NAMES``; read_* None: chunk-start reads)."""
-    inputs, deltas = mlp_forward_backward(k, v, weights, act=act, residual=residual)
+    inputs, deltas = mlp_forward_backward(k, v, weights, act=act, residual=residual, norm=norm)
     read_w, read_s, read_k = co["read_w"], co["read_s"], co["read_k"]
     r = q
     for index, w in enumerate(weights):
@@ -234,6 +245,8 @@ def _chunk_step(
             scores = read_k * (r @ inputs[index].mT)  # g c c
             z = torch.baddbmm(z, scores, deltas[index], alpha=-1.0)
         r = act_fn(z, act) if index < len(weights) - 1 else z
+    if norm:
+        r = rms_normalize(r)[0]
     y = r + q if residual else r
     last_w, last_kw = co["last_w"], co["last_kw"]
     assert last_w is not None and last_kw is not None
@@ -269,6 +282,7 @@ def chunk_step(
     act: str,
     residual: bool,
     read: str,
+    norm: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """One chunk of the memory: read every token (eq. 15), then the weights and momentum at its end (16-18).
 
@@ -276,13 +290,13 @@ def chunk_step(
         q, k, v: (g, c, d).
         theta: (g, c); log_eta, log_gamma: (g, c) or None (see :func:`chunk_coefficients`).
         weights: L tensors (g, d_in, d_out) at the chunk start; momenta: the same shapes, or [] without momentum.
-        act, residual: the memory MLP; read: which weights each token reads.
+        act, residual, norm: the memory MLP; read: which weights each token reads.
 
     Returns:
         (y, weights_end, momenta_end) with y (g, c, d).
     """
     co = _last_rows(chunk_coefficients(theta, log_eta, log_gamma, read=read))
-    return _chunk_step(q, k, v, co, weights, momenta, act=act, residual=residual)
+    return _chunk_step(q, k, v, co, weights, momenta, act=act, residual=residual, norm=norm)
 
 
 # ------------------------------------------------------------------------------------ the chunked scan
@@ -345,6 +359,7 @@ class _ScanSpec:
     act: str
     residual: bool
     checkpoint_every: int
+    norm: bool = False
 
 
 def _bounds(n: int, c: int) -> list[tuple[int, int]]:
@@ -368,7 +383,7 @@ def _run_chunks(
         sl = slice(start, end)
         out, w, s = _chunk_step(
             q[:, sl], k[:, sl], v[:, sl], _slice_coefficients(co, index, end - start), state[:num], state[num:],
-            act=spec.act, residual=spec.residual,
+            act=spec.act, residual=spec.residual, norm=spec.norm,
         )  # fmt: skip
         if y is not None:
             y[:, sl] = out
@@ -437,7 +452,7 @@ class _ChunkedMemoryScan(torch.autograd.Function):
                     leaves_state = [t.detach().requires_grad_() for t in state]
                     out, w, s = _chunk_step(
                         *leaves, co, leaves_state[:num_layers], leaves_state[num_layers:],
-                        act=spec.act, residual=spec.residual,
+                        act=spec.act, residual=spec.residual, norm=spec.norm,
                     )  # fmt: skip
                     complete = end - start == c
                     records.append((index, sl, leaves, co, leaves_state, out, w + s, complete))
@@ -490,6 +505,7 @@ def memory_scan(
     residual: bool = False,
     read: str = "after",
     checkpoint_every: int | None = None,
+    norm: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Chunked-parallel memory over a sequence that starts at a chunk boundary (eqs. 9-18).
 
@@ -498,7 +514,7 @@ def memory_scan(
         theta: (g, n); log_eta, log_gamma: (g, n) or None (no momentum / no forgetting).
         weights: L tensors (g, d_in, d_out), M_0; momenta: the same shapes (S_0), or [] without momentum.
         chunk_size: b of eq. 16.
-        act, residual, read: see :class:`~testtime.titans.config.MemoryConfig`.
+        act, residual, read, norm: see :class:`~testtime.titans.config.MemoryConfig`.
         checkpoint_every: chunks between states stored for the backward (None: ~sqrt(number of chunks);
             0: plain autograd, every chunk's weights stored).
 
@@ -512,8 +528,9 @@ def memory_scan(
     num_chunks = max(1, math.ceil(n / chunk_size))
     every = checkpoint_every if checkpoint_every is not None else max(1, math.isqrt(num_chunks))
     spec = _ScanSpec(
-        chunk_size=chunk_size, num_layers=len(weights), act=act, residual=residual, checkpoint_every=every
-    )
+        chunk_size=chunk_size, num_layers=len(weights), act=act, residual=residual, checkpoint_every=every,
+        norm=norm,
+    )  # fmt: skip
     coefs = scan_coefficients(theta, log_eta, log_gamma, chunk_size=chunk_size, read=read)
     state = list(weights) + list(momenta)
     needs_grad = torch.is_grad_enabled() and any(
@@ -527,7 +544,7 @@ def memory_scan(
             sl = slice(start, end)
             out, w, s = _chunk_step(
                 q[:, sl], k[:, sl], v[:, sl], _slice_coefficients(coefs, index, end - start),
-                state[: len(weights)], state[len(weights) :], act=act, residual=residual,
+                state[: len(weights)], state[len(weights) :], act=act, residual=residual, norm=norm,
             )  # fmt: skip
             outs.append(out)
             if end - start == chunk_size:
@@ -705,7 +722,7 @@ class NeuralMemory(nn.Module):
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-token theta_t, log eta_t, log(1 - alpha_t), each (b*h, n) (eqs. 13-14)."""
         raw = rearrange(self.to_gates(x), "b n (k h) -> k (b h) n", k=3)
-        theta = self.config.max_lr * torch.sigmoid(raw[0])
+        theta = self.config.lr_cap * torch.sigmoid(raw[0])
         return theta, F.logsigmoid(raw[1]), F.logsigmoid(-raw[2])
 
     def output(self, y: Tensor, x: Tensor) -> Tensor:
@@ -737,6 +754,8 @@ class NeuralMemory(nn.Module):
             r = r @ w
             if index < len(weights) - 1:
                 r = act_fn(r, self.config.activation)
+        if self.config.norm:
+            r = rms_normalize(r)[0]
         if self.config.residual:
             r = r + q
         return self.output(r, x), cache
@@ -779,7 +798,7 @@ class NeuralMemory(nn.Module):
             log_gamma if cfg.weight_decay else None,
             state.weights, state.momenta,
             chunk_size=cfg.chunk_size, act=cfg.activation, residual=cfg.residual, read=cfg.read,
-            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_every=cfg.checkpoint_every, norm=cfg.norm,
         )  # fmt: skip
         total = p + n
         done = total // cfg.chunk_size * cfg.chunk_size
