@@ -71,11 +71,20 @@ def register(app: typer.Typer) -> None:
             help="For transformers-format directories without tokenizer.json: 'byte' or a tokenizer.json.",
         ),
         seed: int = typer.Option(0, help="Seed for sampling."),
+        threads: int | None = typer.Option(
+            None,
+            help="CPU threads for torch (default: torch's; 1 is often faster for small models on busy machines).",
+        ),
     ) -> None:
         """Continue a prompt with the latent KV cache (absorbed MLA) and report tokens/s."""
         import time
 
         import torch
+
+        if threads is not None:
+            if threads < 1:
+                raise UserError("--threads must be at least 1")
+            torch.set_num_threads(threads)
 
         from testtime.deepseek.generate import generate
         from testtime.deepseek.mtp import speculative_generate
