@@ -25,6 +25,9 @@ How it is computed (our engineering, same maths):
   recomputes the weight trajectory of each stretch during the backward (O(sqrt(n)) stored states).
 
 Deviations and open choices (also in docs/fidelity/titans.md):
+- The memory's output is RMS-normalised by default (``norm=True``; the paper's plain MLP is ``norm=False``):
+  without it the inner gradient descent of a deep memory diverged in our training runs.
+- theta_t is capped at 1 / chunk_size by default (gradients of a chunk add up at the same weights).
 - Per-chunk gates are computed from the chunk's FIRST token (the paper does not say how; a mean over the
   chunk would let earlier tokens see later ones).
 - Read mode, MLP activation, M_0, gate parameterisation, conv kernel width, output norm and gate form are
