@@ -63,8 +63,8 @@ def test_fp8_model_loss_close_to_float() -> None:
     fp8 = DeepSeekV3ForCausalLM(DeepSeekV3Config.tiny(initializer_range=0.1, fp8=True))
     fp8.load_state_dict(model.state_dict())
     assert isinstance(fp8.model.layers[0].self_attn.q_a_proj, FP8Linear)
-    ids = torch.randint(0, 256, (2, 16))
+    ids = torch.randint(0, 256, (1, 12))
     loss, loss8 = model(ids, labels=ids).loss, fp8(ids, labels=ids).loss
-    assert abs(float(loss8 - loss)) / float(loss) < 0.01
+    assert abs(float((loss8 - loss).detach())) / float(loss.detach()) < 0.01
     loss8.backward()
     assert fp8.model.layers[0].self_attn.q_a_proj.weight.grad.abs().sum() > 0
