@@ -12,11 +12,23 @@ from testtime.deepseek import DeepSeekV3Config, DeepSeekV3ForCausalLM
 from testtime.deepseek.convert import from_checkpoint_keys, to_checkpoint_keys
 
 
-def _hf_tiny(path: Path, *, seed: int = 0, tie: bool = False) -> object:
-    """A random transformers DeepseekV3ForCausalLM with YaRN, group routing and a non-zero routing bias."""
+def _hf_tiny(path: Path, *, seed: int = 0, variant: bool = False) -> object:
+    """A random transformers DeepseekV3ForCausalLM with YaRN, group routing and a non-zero routing bias.
+
+    ``variant``: tied embeddings, no query compression, half-split rope layout, plain RoPE, 2 dense layers.
+    """
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     torch.manual_seed(seed)
+    extra: dict[str, object] = {}
+    if variant:
+        extra = dict(
+            tie_word_embeddings=True,
+            q_lora_rank=None,
+            rope_interleave=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            first_k_dense_replace=2,
+        )
     config = DeepseekV3Config(
         vocab_size=97,
         hidden_size=48,
@@ -49,8 +61,9 @@ def _hf_tiny(path: Path, *, seed: int = 0, tie: bool = False) -> object:
         },
         max_position_embeddings=64,
         initializer_range=0.2,
-        tie_word_embeddings=tie,
     )
+    for key, value in extra.items():
+        setattr(config, key, value)
     model = DeepseekV3ForCausalLM(config).eval()
     with torch.no_grad():
         for layer in model.model.layers[config.first_k_dense_replace :]:
@@ -83,9 +96,13 @@ def test_logits_equal_transformers(hf_dir: tuple[Path, object]) -> None:
         assert (ours(ids).logits - expected.logits).abs().max() > 1e-3
 
 
-def test_tied_embeddings_load(tmp_path: Path) -> None:
-    hf = _hf_tiny(tmp_path, seed=3, tie=True)
+def test_other_layouts_equal_transformers(tmp_path: Path) -> None:
+    hf = _hf_tiny(tmp_path, seed=3, variant=True)
     ours = DeepSeekV3ForCausalLM.from_pretrained(tmp_path)
+    c = ours.config
+    assert (
+        c.tie_word_embeddings and c.q_lora_rank is None and not c.rope_interleave and c.rope_scaling is None
+    )
     ids = torch.randint(0, 97, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=2e-5, rtol=1e-4)
