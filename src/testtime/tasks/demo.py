@@ -60,7 +60,7 @@ def run(ctx: DemoContext) -> DemoSection:
     """Show a few tasks answered by the model with the verifier's verdicts, then ARC-Easy letters vs cloze."""
     model, tokenizer = ctx.model_and_tokenizer()
     showcase = SHOWCASE[:1] if ctx.quick else SHOWCASE
-    max_new_tokens = 32 if ctx.quick else 160
+    max_new_tokens = 32 if ctx.quick else 128
     rows = []
     for name, knobs in showcase:
         task: Task = get_task(name)
@@ -78,11 +78,11 @@ def run(ctx: DemoContext) -> DemoSection:
 
     # ARC-Easy: letters by generation vs cloze scoring of the option texts.
     arc: ArcTask = get_task("arc-easy")  # type: ignore[assignment]
-    count = 4 if ctx.quick else 40
+    count = 4 if ctx.quick else 30
     questions = arc.instances("test", seed=ctx.seed, n=count)
     scorer = TransformersScorer(model, tokenizer, batch_size=4)
     start = time.perf_counter()
-    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 12)).solved for q in questions)
+    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 8)).solved for q in questions)
     letter_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cloze = sum(arc.verify(q, f"The answer is ({cloze_predict(arc, q, scorer)}).").solved for q in questions)
