@@ -82,7 +82,7 @@ def run(ctx: DemoContext) -> DemoSection:
     questions = arc.instances("test", seed=ctx.seed, n=count)
     scorer = TransformersScorer(model, tokenizer, batch_size=4)
     start = time.perf_counter()
-    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 8)).solved for q in questions)
+    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 12)).solved for q in questions)
     letter_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cloze = sum(arc.verify(q, f"The answer is ({cloze_predict(arc, q, scorer)}).").solved for q in questions)
