@@ -197,3 +197,24 @@ def test_bias_update_all_reduces_loads_under_ddp(tmp_path) -> None:
     expected = 0.1 * torch.sign(total.mean() - total)
     torch.testing.assert_close(biases[0], expected)
     torch.testing.assert_close(biases[1], expected)
+
+
+def test_trainer_hook_applies_the_step_schedules() -> None:
+    from testtime.deepseek.train import DeepSeekV3ForTraining
+
+    config = DeepSeekV3Config.tiny(
+        bias_update_speed=0.5, bias_update_stop_step=2, mtp_loss_weight=0.3, mtp_weight_switch_step=1
+    )
+    model = DeepSeekV3ForTraining(config).train()
+    ids = torch.randint(0, 256, (2, 8))
+    out = model(ids[:, :-1], ids[:, 1:])  # next-token labels, the trainer's convention
+    assert out.loss is not None and "maxvio_batch" in out.metrics
+    biases = []
+    for _ in range(3):
+        model(ids[:, :-1], ids[:, 1:])
+        model.after_optimizer_step()
+        biases.append(model.moe_layers()[0].gate.e_score_correction_bias.clone())
+        if len(biases) == 1:
+            assert model.mtp_loss_weight == 0.1  # lambda switched after the first step
+    assert biases[0].abs().max() == 0.5 and (biases[1] - biases[0]).abs().max() == 0.5
+    assert torch.equal(biases[2], biases[1])  # gamma is 0 from step 2 on
