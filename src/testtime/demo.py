@@ -64,6 +64,7 @@ class DemoContext:
     quick: bool = False
     _model: Any = None
     _tokenizer: Any = None
+    _llm: Any = None
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """The demo's language model, loaded once and shared by all parts."""
@@ -74,6 +75,31 @@ class DemoContext:
             self._model, self._tokenizer = load_model(self.model_name)
             typer.echo(f"loaded model in {time.perf_counter() - start:.1f} s")
         return self._model, self._tokenizer
+
+    def llm(self) -> Any:
+        """The demo's model behind the local engine (:class:`testtime.llm.local.LocalLLM`), built once.
+
+        On cores oversubscribed by other work the engine runs one thread, which is then far faster than
+        two (see docs/benchmarks/generate.md).
+        """
+        if self._llm is None:
+            import os
+
+            from testtime.llm.local import LocalLLM
+
+            model, tokenizer = self.model_and_tokenizer()
+            busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
+            if busy:
+                typer.echo(
+                    f"load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs: the engine uses 1 thread"
+                )
+            self._llm = LocalLLM(
+                model, tokenizer, name=self.model_name or "smollm2", num_threads=1 if busy else None
+            )
+            start = time.perf_counter()
+            self._llm.engine.prepare()
+            typer.echo(f"engine weights fused and packed in {time.perf_counter() - start:.1f} s")
+        return self._llm
 
 
 def _available_parts() -> list[tuple[str, Any]]:

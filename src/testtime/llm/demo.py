@@ -7,7 +7,7 @@ sampling (n = 4 at temperature 0.7, top-p 0.9) with the log-probabilities RL use
 
 from __future__ import annotations
 
-import os
+import copy
 import time
 
 import torch
@@ -54,29 +54,22 @@ def _generate_rate(model, llm, prompts, max_new_tokens: int) -> float:
 
 def run(ctx: DemoContext) -> DemoSection:
     """Answer ``PROMPTS`` in one batch, compare with ``generate``, then sample with log-probs."""
-    from testtime.llm.local import LocalLLM
-
-    model, tokenizer = ctx.model_and_tokenizer()
-    # On cores oversubscribed by other work, one thread beats two by far (docs/benchmarks/generate.md).
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
-    threads = 1 if busy else None
-    if busy:
-        print(f"load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs: the engine uses 1 thread")
-    llm = LocalLLM(model, tokenizer, name=ctx.model_name or "smollm2", num_threads=threads)
+    model, _ = ctx.model_and_tokenizer()
+    llm = ctx.llm()
+    threads = llm.engine.num_threads
     max_tokens = 12 if ctx.quick else 64
     prompts = PROMPTS[:4] if ctx.quick else PROMPTS
     chats = [[{"role": "user", "content": p}] for p in prompts]
     path = "lean Llama forward" if llm.engine.lean else f"model forward ({llm.engine.fallback_reason})"
-    start = time.perf_counter()
-    llm.engine.prepare()
-    print(f"engine weights fused and packed in {time.perf_counter() - start:.1f} s")
     print(f"engine: {path}; {len(chats)} prompts in one batch, greedy, up to {max_tokens} tokens each")
+    before = copy.copy(llm.usage)
     out = llm.generate(chats, temperature=0, max_tokens=max_tokens)
-    engine_rate = llm.usage.completion_tokens / llm.usage.wall_seconds
+    used = llm.usage - before
+    engine_rate = used.completion_tokens / used.wall_seconds
     for prompt, (choice,) in zip(prompts, out, strict=True):
         print(f"\n> {prompt}\n{choice.text.strip()}")
     print(
-        f"\n[engine: {llm.usage.completion_tokens} tokens in {llm.usage.wall_seconds:.2f} s, {engine_rate:.1f} tok/s]"
+        f"\n[engine: {used.completion_tokens} tokens in {used.wall_seconds:.2f} s, {engine_rate:.1f} tok/s]"
     )
     lines = [
         f"Engine path: {path}. One batch of {len(chats)} chat prompts, greedy, up to {max_tokens} tokens.",
@@ -89,7 +82,7 @@ def run(ctx: DemoContext) -> DemoSection:
         lines.append(f"| {prompt} | {cell} | {choice.completion_tokens} |")
     lines += [
         "",
-        f"Engine: {llm.usage.completion_tokens} tokens in {llm.usage.wall_seconds:.2f} s, "
+        f"Engine: {used.completion_tokens} tokens in {used.wall_seconds:.2f} s, "
         f"**{engine_rate:.1f} tok/s** aggregate.",
     ]
     if not ctx.quick:

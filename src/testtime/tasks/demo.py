@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 import typer
 
 from testtime.demo import DemoContext, DemoSection
@@ -28,22 +27,11 @@ SHOWCASE = (
 )
 
 
-def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:  # noqa: ANN001
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+def _answer_all(ctx: DemoContext, prompts: list[str], max_tokens: int) -> list[str]:
+    """Greedy answers to ``prompts`` in one engine batch (the demo's shared local backend)."""
+    chats = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    out = ctx.llm().generate(chats, temperature=0, max_tokens=max_tokens)
+    return [choices[0].text.strip() for choices in out]
 
 
 def _cell(text: str, limit: int = 160, *, markdown: bool = True) -> str:
@@ -62,16 +50,19 @@ def run(ctx: DemoContext) -> DemoSection:
     showcase = SHOWCASE[:1] if ctx.quick else SHOWCASE
     max_new_tokens = 32 if ctx.quick else 128
     rows = []
-    for name, knobs in showcase:
-        task: Task = get_task(name)
-        instance = task.instances(seed=ctx.seed, n=1, **knobs)[0]
-        start = time.perf_counter()
-        answer = _generate(model, tokenizer, task.prompt(instance), max_new_tokens)
+    tasks: list[Task] = [get_task(name) for name, _ in showcase]
+    instances = [
+        task.instances(seed=ctx.seed, n=1, **knobs)[0]
+        for task, (_, knobs) in zip(tasks, showcase, strict=True)
+    ]
+    start = time.perf_counter()
+    answers = _answer_all(
+        ctx, [task.prompt(i) for task, i in zip(tasks, instances, strict=True)], max_new_tokens
+    )
+    typer.echo(f"{len(answers)} answers in one batch in {time.perf_counter() - start:.1f} s")
+    for (name, _), task, instance, answer in zip(showcase, tasks, instances, answers, strict=True):
         verdict = task.verify(instance, answer)
-        seconds = time.perf_counter() - start
-        typer.echo(
-            f"\n[{name}] {instance.id}: score {verdict.score:.2f}, solved {verdict.solved} ({seconds:.1f} s)"
-        )
+        typer.echo(f"\n[{name}] {instance.id}: score {verdict.score:.2f}, solved {verdict.solved}")
         typer.echo(f"  answer:   {_cell(answer, 200, markdown=False)}")
         typer.echo(f"  feedback: {_cell(verdict.feedback, 200, markdown=False)}")
         rows.append((name, answer, verdict))
@@ -82,7 +73,8 @@ def run(ctx: DemoContext) -> DemoSection:
     questions = arc.instances("test", seed=ctx.seed, n=count)
     scorer = TransformersScorer(model, tokenizer, batch_size=4)
     start = time.perf_counter()
-    letters = sum(arc.verify(q, _generate(model, tokenizer, arc.prompt(q), 12)).solved for q in questions)
+    letter_answers = _answer_all(ctx, [arc.prompt(q) for q in questions], 12)
+    letters = sum(arc.verify(q, a).solved for q, a in zip(questions, letter_answers, strict=True))
     letter_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cloze = sum(arc.verify(q, f"The answer is ({cloze_predict(arc, q, scorer)}).").solved for q in questions)
