@@ -85,3 +85,20 @@ def test_zero_max_tokens_and_empty_batch(llm):
     assert llm.generate([]) == []
     out = llm.generate(["hello"], max_tokens=0)[0][0]
     assert (out.text, out.completion_tokens, out.finish_reason) == ("", 0, "length")
+
+
+def test_score_continuations_equals_the_tasks_transformers_scorer(llm):
+    from testtime.tasks.scoring import ContinuationScorer, TransformersScorer
+
+    assert isinstance(llm, ContinuationScorer)
+    prompt = "Question: what is the capital of france?\nAnswer:"
+    options = [" paris", " the lazy dog", " one two three four"]
+    ours = llm.score_continuations(prompt, options)
+    reference = TransformersScorer(llm.model, llm.tokenizer, share_prompt=False).score_continuations(
+        prompt, options
+    )
+    for (logprob, count), (ref_logprob, ref_count) in zip(ours, reference, strict=True):
+        assert count == ref_count
+        assert logprob == pytest.approx(ref_logprob, abs=1e-9)
+    with pytest.raises(ValueError, match="at least one token"):
+        llm.score_continuations(prompt, [""])

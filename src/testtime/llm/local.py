@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from testtime.llm.engine import Engine
 from testtime.llm.protocol import BaseLLM, Completion, Prompt, SamplingParams, as_messages
+
+if TYPE_CHECKING:
+    from testtime.tasks.scoring import ContinuationScore
 
 __all__ = ["LocalLLM"]
 
@@ -153,6 +157,21 @@ class LocalLLM(BaseLLM):
                     completion_ids[start : start + self.max_batch_size],
                 )
         return out
+
+    def score_continuations(self, prompt: str, continuations: Sequence[str]) -> list[ContinuationScore]:
+        """Log-probability sums of continuations of a raw-text prompt (the tasks' ``ContinuationScorer``).
+
+        Prompt and continuations are tokenized separately, without special tokens, and concatenated, as
+        :class:`testtime.tasks.scoring.TransformersScorer` does; the engine scores all rows in one batch.
+        """
+        from testtime.tasks.scoring import ContinuationScore
+
+        prompt_ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        option_ids = [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
+        if any(not ids for ids in option_ids):
+            raise ValueError("every continuation must have at least one token")
+        rows = self.score_tokens([prompt_ids] * len(option_ids), option_ids)
+        return [ContinuationScore(float(sum(row)), len(row)) for row in rows]
 
     def score(self, prompts: list[Prompt], completions: list[str]) -> list[list[float]]:
         """Log-probabilities of the tokens of given completion texts after given prompts.

@@ -15,7 +15,6 @@ import typer
 from testtime.demo import DemoContext, DemoSection
 from testtime.tasks.arc import ArcTask, cloze_predict
 from testtime.tasks.base import Task, get_task
-from testtime.tasks.scoring import TransformersScorer
 
 # (task, difficulty knobs) shown with one generated answer each.
 SHOWCASE = (
@@ -46,7 +45,6 @@ def _cell(text: str, limit: int = 160, *, markdown: bool = True) -> str:
 
 def run(ctx: DemoContext) -> DemoSection:
     """Show a few tasks answered by the model with the verifier's verdicts, then ARC-Easy letters vs cloze."""
-    model, tokenizer = ctx.model_and_tokenizer()
     showcase = SHOWCASE[:1] if ctx.quick else SHOWCASE
     max_new_tokens = 32 if ctx.quick else 128
     rows = []
@@ -71,7 +69,7 @@ def run(ctx: DemoContext) -> DemoSection:
     arc: ArcTask = get_task("arc-easy")  # type: ignore[assignment]
     count = 4 if ctx.quick else 30
     questions = arc.instances("test", seed=ctx.seed, n=count)
-    scorer = TransformersScorer(model, tokenizer, batch_size=4)
+    scorer = ctx.llm()  # the engine scores the four options of a question in one batch
     start = time.perf_counter()
     letter_answers = _answer_all(ctx, [arc.prompt(q) for q in questions], 12)
     letters = sum(arc.verify(q, a).solved for q, a in zip(questions, letter_answers, strict=True))
