@@ -328,6 +328,14 @@ class TitansLM(nn.Module):
             nn.Parameter(torch.randn(self.num_prefix, cfg.dim) * 0.02) if self.num_prefix else None
         )
 
+    def fsdp_modules(self) -> list[nn.Module]:
+        """FSDP2 shards the whole model as one unit (the trainer's hook; see docs/train.md).
+
+        ``init_state`` reads every block's initial memory weights before that block runs, which per-block
+        sharding does not allow (those parameters would still be sharded DTensors then).
+        """
+        return []
+
     def init_state(self, batch_size: int) -> TitansState:
         """The state before the first token (the persistent prefix already read)."""
         state = TitansState(blocks=[blk.init_state(batch_size) for blk in self.blocks], position=0)
