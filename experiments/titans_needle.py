@@ -24,35 +24,22 @@ import torch
 import torch.nn.functional as F
 
 OUT = Path(__file__).parent / "titans_needle"
-MARK, QUERY, NUM_KEYS, NUM_VALUES, NUM_FILLER = 0, 1, 16, 16, 32
-VOCAB = 2 + NUM_KEYS + NUM_VALUES + NUM_FILLER
 
 
 def batch(
     size: int, length: int, gen: torch.Generator, span: float = 0.25
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (size, length), answers (size,)): filler, MARK k v in the first ``span`` of it, QUERY k at the end."""
-    ids = 2 + NUM_KEYS + NUM_VALUES + torch.randint(0, NUM_FILLER, (size, length), generator=gen)
-    keys = 2 + torch.randint(0, NUM_KEYS, (size,), generator=gen)
-    values = 2 + NUM_KEYS + torch.randint(0, NUM_VALUES, (size,), generator=gen)
-    pos = torch.randint(0, max(1, min(length - 5, int(length * span))), (size,), generator=gen)
-    rows = torch.arange(size)
-    ids[rows, pos], ids[rows, pos + 1], ids[rows, pos + 2] = MARK, keys, values
-    ids[:, -2], ids[:, -1] = QUERY, keys
-    return ids, values
+    """The pass-key batch shared with the Titans demo (see ``testtime.titans.demo.needle_batch``)."""
+    from testtime.titans.demo import needle_batch
+
+    return needle_batch(size, length, gen, span)
 
 
 def build(variant: str, seed: int):  # noqa: ANN201
-    from testtime.titans.config import MemoryConfig, TitansConfig
-    from testtime.titans.models import TitansLM
+    """The experiment's model, shared with the Titans demo (``testtime.titans.demo.needle_model``)."""
+    from testtime.titans.demo import needle_model
 
-    torch.manual_seed(seed)
-    memory = MemoryConfig(dim=64, num_heads=2, depth=2, expansion=2.0, chunk_size=8)
-    cfg = TitansConfig(
-        variant=variant, vocab_size=VOCAB, dim=64, num_layers=2, num_attn_heads=4, window=16,
-        num_persistent=4, mlp_ratio=2.0, memory=memory,
-    )  # fmt: skip
-    return TitansLM(cfg)
+    return needle_model(variant, seed)
 
 
 def accuracy(model, length: int, samples: int, seed: int) -> float:  # noqa: ANN001
@@ -63,7 +50,15 @@ def accuracy(model, length: int, samples: int, seed: int) -> float:  # noqa: ANN
     return (logits.argmax(-1) == answers).float().mean().item()
 
 
-def train_one(variant: str, seed: int, steps: int, train_len: int, lengths: list[int], span: float) -> dict:
+def train_one(
+    variant: str,
+    seed: int,
+    steps: int,
+    train_len: int,
+    lengths: list[int],
+    span: float,
+    save: Path | None = None,
+) -> dict:
     model = build(variant, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -78,6 +73,11 @@ def train_one(variant: str, seed: int, steps: int, train_len: int, lengths: list
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     model.eval()
+    if save is not None:  # the demo's checkpoint is made this way (src/testtime/data/titans_needle/)
+        from safetensors.torch import save_model
+
+        save.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(save / f"{variant}_seed{seed}.safetensors"))
     acc = {n: accuracy(model, n, 128, seed) for n in lengths}
     return {"variant": variant, "seed": seed, "final_loss": loss.item(), "accuracy": acc,
             "seconds": time.perf_counter() - start}  # fmt: skip
@@ -95,12 +95,15 @@ def main() -> None:
         help="training needles sit in this leading fraction of the sequence (1.0: anywhere, a curriculum "
         "in which attention can see some of them); evaluation always uses the first quarter",
     )  # fmt: skip
+    parser.add_argument("--save", type=Path, default=None, help="save each trained model's weights here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:
         for variant in args.variants:
-            row = train_one(variant, seed, args.steps, args.train_len, args.lengths, args.train_span)
+            row = train_one(
+                variant, seed, args.steps, args.train_len, args.lengths, args.train_span, args.save
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)

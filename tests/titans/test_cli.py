@@ -93,3 +93,19 @@ def test_demo_part_quick(tmp_path):
     # without forgetting the needle is recalled; strong forgetting loses it in a long haystack
     assert needle_recall(256, alpha=0.0, trials=8) == 1.0
     assert needle_recall(256, alpha=0.03, trials=8) < 0.5
+
+
+def test_bundled_needle_model_recalls_beyond_its_window():
+    from safetensors.torch import load_model
+
+    from testtime.titans.demo import NEEDLE_CHECKPOINT, needle_model, needle_model_accuracy
+
+    assert NEEDLE_CHECKPOINT.is_file()
+    untrained = needle_model("mac").eval()
+    trained = needle_model("mac")
+    missing, unexpected = load_model(trained, str(NEEDLE_CHECKPOINT))
+    assert not missing and not unexpected
+    trained.eval()
+    # the needle sits in the first quarter of 128 tokens: beyond the 16-token window; chance is 1/16
+    assert needle_model_accuracy(untrained, 128, 64, seed=3) < 0.25
+    assert needle_model_accuracy(trained, 128, 64, seed=3) > 0.6
