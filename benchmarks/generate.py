@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from testtime.llm.reference import hf_generate_greedy
+
 QUESTIONS = [  # batch b takes the first b; the first has a long answer so that batch 1 measures decoding
     "Explain gravity to a child in two sentences.",
     "Give one reason the sky looks blue.",
@@ -69,28 +71,9 @@ def _prompts(tokenizer, batch: int) -> list[list[int]]:
 
 
 def _run_generate(model, prompts: list[list[int]], max_new_tokens: int, eos: list[int], pad: int):
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-    seconds = time.perf_counter() - start
-    rows = []
-    for row in out[:, width:].tolist():
-        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-        rows.append(row[:cut])
-    return rows, seconds
+    return hf_generate_greedy(
+        model, prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=pad
+    )
 
 
 def _run_engine(engine, prompts: list[list[int]], max_new_tokens: int, eos: list[int]):

@@ -102,3 +102,20 @@ def test_score_continuations_equals_the_tasks_transformers_scorer(llm):
         assert logprob == pytest.approx(ref_logprob, abs=1e-9)
     with pytest.raises(ValueError, match="at least one token"):
         llm.score_continuations(prompt, [""])
+
+
+def test_reference_generate_matches_the_engine_on_ragged_prompts(llm):
+    from testtime.llm.reference import hf_generate_greedy
+
+    prompts = [llm.encode(chat) for chat in CHATS]
+    assert len(prompts[0]) != len(prompts[1])  # ragged: left padding is exercised
+    rows, seconds = hf_generate_greedy(
+        llm.model,
+        prompts,
+        max_new_tokens=8,
+        eos_token_ids=llm.eos_token_ids,
+        pad_token_id=llm.tokenizer.pad_token_id,
+    )
+    assert seconds > 0
+    out = llm.generate(CHATS, temperature=0, max_tokens=8)
+    assert rows == [choices[0].token_ids for choices in out]

@@ -8,11 +8,11 @@ sampling (n = 4 at temperature 0.7, top-p 0.9) with the log-probabilities RL use
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 
 from testtime.demo import DemoContext, DemoSection
+from testtime.llm.reference import hf_generate_greedy
 
 PROMPTS = (
     "What is the capital of France? Answer in one sentence.",
@@ -28,28 +28,14 @@ PROMPTS = (
 
 def _generate_rate(model, llm, prompts, max_new_tokens: int) -> float:
     """Aggregate tokens/s of ``model.generate`` (greedy, left-padded batch) on the same prompts."""
-    encoded = [llm.encode(p) for p in prompts]
-    width = max(len(e) for e in encoded)
-    ids = torch.zeros(len(encoded), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e) :] = torch.tensor(e)
-        mask[i, width - len(e) :] = 1
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=llm.eos_token_ids,
-            pad_token_id=llm.tokenizer.pad_token_id,
-        )
-    seconds = time.perf_counter() - start
-    tokens = 0
-    for row in out[:, width:].tolist():
-        tokens += next((j + 1 for j, t in enumerate(row) if t in llm.eos_token_ids), len(row))
-    return tokens / seconds
+    rows, seconds = hf_generate_greedy(
+        model,
+        [llm.encode(p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=llm.eos_token_ids,
+        pad_token_id=llm.tokenizer.pad_token_id,
+    )
+    return sum(len(r) for r in rows) / seconds
 
 
 def run(ctx: DemoContext) -> DemoSection:
