@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import random
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import strip_thinking
 from testtime.tasks.scoring import ContinuationScorer, as_score
 
@@ -73,10 +72,8 @@ class ArcTask(Task):
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
         rows = _load(self.subset, split)
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[: len(order) if n is None else n]:
+        for i in seeded_subset(len(rows), seed, n):
             row = rows[i]
             data = {
                 "question": row["question"],

@@ -104,6 +104,17 @@ class Instance:
         return cls(task=value["task"], id=value["id"], data=value["data"], reference=value.get("reference"))
 
 
+def seeded_subset(count: int, seed: int, n: int | None) -> list[int]:
+    """Indices of the first ``n`` items (all when None) of ``range(count)`` shuffled by ``seed``.
+
+    A fixed data set's instances for a seed: the same seed gives the same order, and item i does not depend
+    on ``n``.
+    """
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return order[: count if n is None else n]
+
+
 def _instance_rng(
     name: str, split: str, seed: int, index: int, difficulty: Mapping[str, Any]
 ) -> random.Random:
@@ -257,9 +268,7 @@ class FunctionTask(Task):
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
         if self._fixed is not None:
-            order = list(range(len(self._fixed)))
-            random.Random(seed).shuffle(order)
-            return [self._fixed[i] for i in order[: len(order) if n is None else n]]
+            return [self._fixed[i] for i in seeded_subset(len(self._fixed), seed, n)]
         assert self._generator is not None
         out = []
         for i in range(1 if n is None else n):

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import random
 import threading
 from collections.abc import Mapping
 from fractions import Fraction
 from importlib import resources
 from typing import Any
 
-from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import last_number, strip_thinking
 
 __all__ = ["GSM8K", "gold_answer", "answers_match"]
@@ -83,10 +82,8 @@ class GSM8K(Task):
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
         rows = _load()
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[: len(order) if n is None else n]:
+        for i in seeded_subset(len(rows), seed, n):
             gold = gold_answer(rows[i]["answer"])
             data = {"question": rows[i]["question"], "answer": gold, "solution": rows[i]["answer"]}
             out.append(

@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import random
 import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import strip_thinking
 from testtime.tasks.sandbox import run_python
 
@@ -68,10 +67,8 @@ class HumanEval(Task):
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
         rows = _load()
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[: len(order) if n is None else n]:
+        for i in seeded_subset(len(rows), seed, n):
             row = rows[i]
             data = {k: row[k] for k in ("task_id", "prompt", "test", "entry_point")}
             out.append(

@@ -38,7 +38,7 @@ from datetime import date
 from importlib import resources
 from typing import Any
 
-from testtime.tasks.base import Instance, Task, Verdict
+from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import MAX_TEXT, extract_json, strip_thinking
 
 __all__ = ["TravelPlanner", "evaluate_plan", "load_travelplanner", "parse_plan", "parse_query"]
@@ -434,13 +434,9 @@ class TravelPlanner(Task):
     def _instances(
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
-        import random
-
         items = load_travelplanner()
-        order = list(range(len(items)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[: len(order) if n is None else n]:
+        for i in seeded_subset(len(items), seed, n):
             item = items[i]
             data = {
                 "query": item["query"],
