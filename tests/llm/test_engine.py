@@ -8,6 +8,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from testtime.llm.engine import Engine, lean_supported, sample_next
+from testtime.llm.reference import hf_generate_greedy
 
 PROMPTS = [[5, 17, 42, 9, 33, 2], [7, 8], [100, 101, 102, 103], [250]]
 
@@ -19,25 +20,9 @@ def model64(tiny_llama_dir):
 
 def _generate_reference(model, prompts, max_new_tokens, eos):
     """``model.generate`` on a left-padded batch, cut after each row's first stop token."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=0,
-        )
-    rows = []
-    for row in out[:, width:].tolist():
-        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-        rows.append(row[:cut])
+    rows, _ = hf_generate_greedy(
+        model, prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=0
+    )
     return rows
 
 
