@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from testtime.demo import DemoContext
+from testtime.demo_base import DemoContext
 
 
 def test_demo_part_runs_quickly(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testtime.demo import DemoContext
+from testtime.demo_base import DemoContext
 from testtime.llm.loading import load_model
 
 

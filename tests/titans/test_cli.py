@@ -85,7 +85,7 @@ def test_cli_train_eval_niah(tmp_path):
 
 
 def test_demo_part_quick(tmp_path):
-    from testtime.demo import DemoContext
+    from testtime.demo_base import DemoContext
     from testtime.titans.demo import needle_recall, run
 
     section = run(DemoContext(out_dir=tmp_path, quick=True))

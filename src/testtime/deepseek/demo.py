@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import typer
 
-from testtime.demo import DemoContext, DemoSection
+from testtime.demo_base import DemoContext, DemoSection
 
 __all__ = ["run"]
 

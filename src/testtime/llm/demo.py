@@ -11,7 +11,7 @@ import copy
 
 import torch
 
-from testtime.demo import DemoContext, DemoSection
+from testtime.demo_base import DemoContext, DemoSection
 from testtime.llm.reference import hf_generate_greedy
 
 PROMPTS = (

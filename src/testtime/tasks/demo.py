@@ -12,7 +12,7 @@ import time
 
 import typer
 
-from testtime.demo import DemoContext, DemoSection
+from testtime.demo_base import DemoContext, DemoSection
 from testtime.tasks.arc import ArcTask, cloze_predict
 from testtime.tasks.base import Task, get_task
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from testtime.demo import DemoContext, DemoSection
+from testtime.demo_base import DemoContext, DemoSection
 from testtime.titans.config import MemoryConfig, TitansConfig
 from testtime.titans.memory import memory_scan
 from testtime.titans.models import TitansLM
