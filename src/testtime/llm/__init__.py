@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from testtime.llm.loading import ModelNotFoundError, load_model, load_tokenizer, materialize, resolve_model
-from testtime.llm.protocol import BaseLLM, Completion, Prompt, SamplingParams, Usage
+from testtime.llm.protocol import BaseLLM, Completion, ContinuationScore, Prompt, SamplingParams, Usage
 
 if TYPE_CHECKING:
     from testtime.llm.engine import Engine
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseLLM",
     "Completion",
+    "ContinuationScore",
     "Engine",
     "FakeLLM",
     "LocalLLM",

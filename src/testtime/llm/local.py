@@ -13,13 +13,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from testtime.llm.engine import Engine
-from testtime.llm.protocol import BaseLLM, Completion, Prompt, SamplingParams, as_messages
-
-if TYPE_CHECKING:
-    from testtime.tasks.scoring import ContinuationScore
+from testtime.llm.protocol import BaseLLM, Completion, ContinuationScore, Prompt, SamplingParams, as_messages
 
 __all__ = ["LocalLLM"]
 
@@ -164,8 +161,6 @@ class LocalLLM(BaseLLM):
         Prompt and continuations are tokenized separately, without special tokens, and concatenated, as
         :class:`testtime.tasks.scoring.TransformersScorer` does; the engine scores all rows in one batch.
         """
-        from testtime.tasks.scoring import ContinuationScore
-
         prompt_ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         option_ids = [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
         if any(not ids for ids in option_ids):

@@ -20,11 +20,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 __all__ = [
     "BaseLLM",
     "Completion",
+    "ContinuationScore",
     "Message",
     "Prompt",
     "SamplingParams",
@@ -100,6 +101,18 @@ class Completion:
     completion_tokens: int
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+
+
+class ContinuationScore(NamedTuple):
+    """The log-probability of one continuation given a prompt (what cloze-style scoring returns).
+
+    Attributes:
+        logprob: ``sum_t log p(c_t | prompt, c_<t)`` over the continuation's tokens.
+        num_tokens: how many tokens the continuation has.
+    """
+
+    logprob: float
+    num_tokens: int
 
 
 @dataclass(kw_only=True)
