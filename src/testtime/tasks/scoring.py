@@ -9,21 +9,11 @@ Shapes: B batch, T tokens, V vocabulary.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from testtime.llm.protocol import ContinuationScore
 
 __all__ = ["ContinuationScore", "ContinuationScorer", "TransformersScorer", "as_score"]
-
-
-class ContinuationScore(NamedTuple):
-    """The log-probability of one continuation given a prompt.
-
-    Attributes:
-        logprob: ``sum_t log p(c_t | prompt, c_<t)`` over the continuation's tokens.
-        num_tokens: how many tokens the continuation has.
-    """
-
-    logprob: float
-    num_tokens: int
 
 
 @runtime_checkable
