@@ -87,3 +87,36 @@ def test_both_entry_points(entry: list[str]) -> None:
     result = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "Usage" in result.stdout
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    """`testtime --help` lists the command groups from a table: no system module, no torch."""
+    code = (
+        "import sys\n"
+        "from testtime.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('testtime.train', "
+        "'testtime.titans', 'testtime.deepseek', 'testtime.llm', 'transformers')))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    for group in ("demo", "tasks", "lm", "titans", "deepseek"):
+        assert group in result.stdout
+
+
+def test_lazy_table_skips_absent_modules_and_loads_on_demand(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import testtime.cli as cli
+
+    monkeypatch.setitem(cli.COMMANDS, "nothere", ("testtime.no_such_system.cli", "absent"))
+    runner = CliRunner()
+    listing = runner.invoke(cli.app, ["--help"])
+    assert listing.exit_code == 0 and "nothere" not in listing.output and "titans" in listing.output
+    assert runner.invoke(cli.app, ["nothere"]).exit_code == 2
+    sub = runner.invoke(cli.app, ["titans", "--help"])
+    assert sub.exit_code == 0 and "niah" in sub.output
+    typo = runner.invoke(cli.app, ["titan"])
+    assert typo.exit_code == 2 and "Did you mean 'titans'" in typo.output
