@@ -218,3 +218,82 @@ def test_trainer_hook_applies_the_step_schedules() -> None:
             assert model.mtp_loss_weight == 0.1  # lambda switched after the first step
     assert biases[0].abs().max() == 0.5 and (biases[1] - biases[0]).abs().max() == 0.5
     assert torch.equal(biases[2], biases[1])  # gamma is 0 from step 2 on
+
+
+def _hand_route(
+    biased: list[float], *, top_k: int, n_group: int, topk_group: int, per_group: int
+) -> set[int]:
+    """Node-limited routing of one token, written out: group score = sum of its per_group best entries."""
+    size = len(biased) // n_group
+    group_score = [
+        sum(sorted(biased[g * size : (g + 1) * size], reverse=True)[:per_group]) for g in range(n_group)
+    ]
+    groups = sorted(range(n_group), key=lambda g: group_score[g], reverse=True)[:topk_group]
+    allowed = [e for g in groups for e in range(g * size, (g + 1) * size)]
+    return set(sorted(allowed, key=lambda e: biased[e], reverse=True)[:top_k])
+
+
+def test_group_score_is_the_papers_top_kr_over_m_and_the_release_rule_is_an_option() -> None:
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    bias = torch.randn(16, generator=g, dtype=torch.float64) * 0.3
+    biased = (torch.sigmoid(logits) + bias).tolist()
+    shape = dict(top_k=2, n_group=4, topk_group=2)  # K_r / M = 1: the paper's rule differs from the top 2
+    _, paper, _ = route(logits, bias, **shape)
+    _, release, _ = route(logits, bias, **shape, group_score_topk=2)
+    differ = 0
+    for t in range(400):
+        want_paper = _hand_route(biased[t], **shape, per_group=1)
+        want_release = _hand_route(biased[t], **shape, per_group=2)
+        assert set(paper[t].tolist()) == want_paper
+        assert set(release[t].tolist()) == want_release
+        differ += want_paper != want_release
+    assert differ > 20  # the two rules route a visible share of tokens differently at this shape
+    # K_r / M not whole: rounded up (K_r = 3, M = 2 -> the two best of each group)
+    _, odd, _ = route(logits, bias, top_k=3, n_group=4, topk_group=2)
+    for t in range(0, 400, 7):
+        assert set(odd[t].tolist()) == _hand_route(biased[t], top_k=3, n_group=4, topk_group=2, per_group=2)
+
+
+def test_sequence_balance_loss_counts_the_top_k_unbiased_affinities() -> None:
+    """Eq. 18 by hand: f_i counts s_i,t among the K_r highest unbiased affinities, not the routed experts."""
+    moe = _moe(torch.float64, balance_loss="sequence", balance_loss_alpha=0.5)
+    with torch.no_grad():
+        moe.gate.e_score_correction_bias.copy_(torch.linspace(-0.4, 0.4, 16))  # routing != top-k of s
+    moe.train()
+    b, t, e, k = 2, 7, 16, 4
+    x = torch.randn(b, t, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    moe(x)
+    with torch.no_grad():
+        _, routed, scores = moe.gate(x.view(-1, 32))
+    s = scores.tolist()
+
+    def by_hand(counted: list[set[int]]) -> float:
+        total = 0.0
+        for seq in range(b):
+            rows = range(seq * t, (seq + 1) * t)
+            for i in range(e):
+                f = e / (k * t) * sum(i in counted[r] for r in rows)
+                p = sum(s[r][i] / sum(s[r]) for r in rows) / t
+                total += f * p
+        return 0.5 * total / b
+
+    top = [set(sorted(range(e), key=lambda j: s[r][j], reverse=True)[:k]) for r in range(b * t)]
+    chosen = [set(row) for row in routed.tolist()]
+    assert top != chosen
+    assert moe.aux_loss is not None
+    assert float(moe.aux_loss.detach()) == pytest.approx(by_hand(top), rel=1e-12)
+    moe.config.balance_loss_counts = "routed"
+    moe(x)
+    assert float(moe.aux_loss.detach()) == pytest.approx(by_hand(chosen), rel=1e-12)
+
+
+def test_config_json_without_our_section_keeps_the_release_group_rule() -> None:
+    config = DeepSeekV3Config.tiny(n_group=4, topk_group=2)
+    assert config.group_score_topk is None  # the paper's rule by default
+    data = config.to_hf_dict()
+    assert DeepSeekV3Config.from_hf_dict(data).group_score_topk is None
+    del data["testtime"]
+    assert DeepSeekV3Config.from_hf_dict(data).group_score_topk == 2
+    with pytest.raises(ValueError, match="balance_loss_counts"):
+        DeepSeekV3Config.tiny(balance_loss_counts="chosen")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from testtime.deepseek import DeepSeekV3Config, DeepSeekV3ForCausalLM
 from testtime.deepseek.generate import generate
+from testtime.deepseek.moe import MoE
 from testtime.deepseek.mtp import MTPWeightSchedule, speculative_generate
 
 
@@ -133,3 +134,27 @@ def test_next_token_labels_give_the_same_losses() -> None:
     torch.testing.assert_close(a.loss, b.loss)
     for x, y in zip(a.mtp_losses, b.mtp_losses, strict=True):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("how", ["lambda_zero", "short_sequence"])
+def test_an_mtp_depth_that_does_not_run_adds_no_stale_balance_loss(how: str) -> None:
+    """Regression: a skipped MTP depth's MoE kept the previous forward's aux_loss (backward failed)."""
+    torch.manual_seed(0)
+    config = DeepSeekV3Config.tiny(num_nextn_predict_layers=2, balance_loss_alpha=0.01)
+    model = DeepSeekV3ForCausalLM(config).train()
+    ids = torch.randint(0, 256, (2, 12))
+    model(ids, labels=ids).loss.backward()
+    if how == "lambda_zero":
+        model.mtp_loss_weight = 0.0
+        second = ids
+    else:
+        second = ids[:, :3]  # depth 2 has no target left at length 3 (labels shifted inside)
+    out = model(second, labels=second)
+    out.loss.backward()  # used to raise "Trying to backward through the graph a second time"
+
+    def losses(module: torch.nn.Module) -> list[torch.Tensor]:
+        return [m.aux_loss for m in module.modules() if isinstance(m, MoE) and m.aux_loss is not None]
+
+    ran = losses(model.model) + (losses(model.mtp[0]) if how == "short_sequence" else [])
+    assert ran and not losses(model.mtp[1]) and out.aux_loss is not None
+    torch.testing.assert_close(out.aux_loss, torch.stack(ran).sum())

@@ -56,6 +56,8 @@ _OWN_FIELDS = (
     "bias_update_stop_step",
     "balance_loss",
     "balance_loss_alpha",
+    "balance_loss_counts",
+    "group_score_topk",
     "mtp_loss_weight",
     "mtp_loss_weight_final",
     "mtp_weight_switch_step",
@@ -100,6 +102,9 @@ class DeepSeekV3Config:
         v_head_dim: per-head value dimension (128).
         n_group: expert groups for node-limited routing (8 = nodes in the paper; 1 disables the limit).
         topk_group: groups a token may be sent to, M in the paper (4).
+        group_score_topk: a group's score is the sum of its this-many highest biased affinities; None is the
+            paper's K_r / M (rounded up), 2 the released code's fixed rule (equal for V3: 8 / 4). A
+            ``config.json`` without our ``testtime`` section gets 2, the rule its weights were trained with.
         first_k_dense_replace: the first k layers use a dense FFN instead of MoE (3).
         norm_topk_prob: normalise the selected affinities to sum to one (eq. 13).
         scoring_func: "sigmoid" (V3, eq. 15) or "softmax" (V2).
@@ -119,6 +124,8 @@ class DeepSeekV3Config:
             tokens); None never stops.
         balance_loss: "none", "sequence" (eqs. 17-20, complementary) or "batch" (the batch-wise baseline).
         balance_loss_alpha: alpha of the balance loss (0.0001).
+        balance_loss_counts: which experts f_i of eq. 18 counts per token: "affinities" (the paper: the K_r
+            highest unbiased affinities) or "routed" (the experts actually chosen, after bias and group limit).
         mtp_loss_weight: lambda of the MTP loss (0.3 for the first 10T tokens, 0.1 after).
         mtp_loss_weight_final: lambda after ``mtp_weight_switch_step`` optimizer steps (0.1).
         mtp_weight_switch_step: when lambda switches (None: never).
@@ -142,6 +149,7 @@ class DeepSeekV3Config:
     v_head_dim: int = 128
     n_group: int = 8
     topk_group: int = 4
+    group_score_topk: int | None = None
     first_k_dense_replace: int = 3
     norm_topk_prob: bool = True
     scoring_func: str = "sigmoid"
@@ -171,6 +179,7 @@ class DeepSeekV3Config:
     bias_update_stop_step: int | None = None
     balance_loss: str = "sequence"
     balance_loss_alpha: float = 0.0001
+    balance_loss_counts: str = "affinities"
     mtp_loss_weight: float = 0.3
     mtp_loss_weight_final: float = 0.1
     mtp_weight_switch_step: int | None = None
@@ -195,6 +204,12 @@ class DeepSeekV3Config:
             raise ValueError(f"scoring_func must be 'sigmoid' or 'softmax', not {self.scoring_func!r}")
         if self.balance_loss not in ("none", "sequence", "batch"):
             raise ValueError(f"balance_loss must be 'none', 'sequence' or 'batch', not {self.balance_loss!r}")
+        if self.balance_loss_counts not in ("affinities", "routed"):
+            raise ValueError(
+                f"balance_loss_counts must be 'affinities' or 'routed', not {self.balance_loss_counts!r}"
+            )
+        if self.group_score_topk is not None and self.group_score_topk < 1:
+            raise ValueError(f"group_score_topk must be >= 1 or None, got {self.group_score_topk}")
         if self.qk_rope_head_dim % 2:
             raise ValueError("qk_rope_head_dim must be even")
         if self.num_nextn_predict_layers < 0:
@@ -292,8 +307,8 @@ class DeepSeekV3Config:
             qk_rope_head_dim=8,
             qk_nope_head_dim=16,
             v_head_dim=16,
-            n_group=4,
-            topk_group=2,
+            n_group=2,  # K_r / M = 2 / 1: the paper's group score is the released code's top-2 sum
+            topk_group=1,
             first_k_dense_replace=1,
             max_position_embeddings=1024,
             rope_scaling={
@@ -387,6 +402,8 @@ class DeepSeekV3Config:
             raise ValueError(f"unsupported rope type {rope_type!r} (only default and yarn)")
         if values.get("rope_scaling") is not None and "attention_factor" in rope:
             raise ValueError("an explicit YaRN attention_factor is not supported")
+        # weights trained by the released code (or transformers) scored groups by their top 2 affinities
+        values["group_score_topk"] = 2
         values.update(data.get("testtime", {}))
         values.update(overrides)
         return cls(**values)

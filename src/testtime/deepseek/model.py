@@ -8,7 +8,10 @@ the same format, MTP layers included as layer ``num_hidden_layers + k`` (see :mo
 Shape legend: ``b`` batch, ``s`` positions, ``D`` model width, ``V`` vocabulary.
 
 Deviations: no padding mask (sequences of a batch are equally long); the loss ignores label -100 and is
-the mean over predicted tokens, as transformers computes it.
+the mean over predicted tokens, as transformers computes it. The same holds for each MTP depth's L^k
+(eq. 24): the paper writes ``-1/T sum_{i=2+k}^{T+1} log P^k_i[t_i]``, dividing by T although depth k predicts
+only T - k tokens (fewer with ignored labels); we divide by the number of predicted tokens, so every depth's
+L^k is a mean cross-entropy on the scale of the main loss (the two differ by the factor (T - k) / T).
 """
 
 from __future__ import annotations
@@ -324,6 +327,8 @@ class DeepSeekV3ForCausalLM(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        for moe in self.moe_layers():  # only the layers that run in this forward contribute a balance loss
+            moe.aux_loss = None
         hidden = self.model(input_ids, cache=cache, mode=mode)
         logits = self.lm_head(hidden)
         out = CausalLMOutput(logits=logits, hidden_states=hidden)

@@ -4,8 +4,11 @@
 Affinities are sigmoids ``s_i = sigmoid(u^T e_i)`` (eq. 15); the K_r experts are chosen by ``s_i + b_i``
 (eq. 16), the routing bias b_i entering the selection only; the gates are the chosen *unbiased* affinities
 normalised to sum to one (eq. 13) and multiplied by the routed scaling factor (2.5 in the release; the paper
-does not mention it). Node-limited routing: experts form ``n_group`` groups, a group's score is the sum of its
-two highest biased affinities, and only the ``topk_group`` best groups may be chosen from. No token is dropped.
+does not mention it). Node-limited routing (Section 2.1.2): experts form ``n_group`` groups (nodes), a group's
+score is the sum of its K_r/M highest biased affinities (M = ``topk_group``; rounded up when K_r/M is not
+whole), and only the M best groups may be chosen from. The released code and transformers always sum the
+two highest, which is the paper's rule for V3's shape (K_r/M = 8/4) only; ``group_score_topk=2`` selects it
+(and is what a ``config.json`` without our ``testtime`` section gets). No token is dropped.
 
 Experts run in grouped batches: the (token, expert) assignments are sorted by expert once, and each expert
 runs once on its contiguous slice of tokens (``torch._grouped_mm`` when available and there are at least as
@@ -16,14 +19,18 @@ so their backward passes are gathers too (no scatter-add).
 Balance losses (returned, never applied by this module to anything but ``aux_loss``):
 
 * complementary sequence-wise loss (eqs. 17-20): per sequence of T tokens,
-  ``f_i = N_r / (K_r T) sum_t 1[i in TopK_t]``, ``P_i = 1/T sum_t s'_i,t`` with ``s'`` the affinities
-  normalised over all experts, ``L = alpha sum_i f_i P_i``, averaged over the sequences;
+  ``f_i = N_r / (K_r T) sum_t 1[s_i,t in TopK({s_j,t}, K_r)]`` (eq. 18: the K_r highest *unbiased*
+  affinities of token t, before the bias and the group limit), ``P_i = 1/T sum_t s'_i,t`` with ``s'`` the
+  affinities normalised over all experts (eqs. 19-20), ``L = alpha sum_i f_i P_i`` (eq. 17), averaged over
+  the sequences. ``balance_loss_counts="routed"`` counts the experts actually routed to instead (after the
+  bias and the group limit);
 * the batch-wise baseline: the same over all tokens of the batch (Section 4.5.3 / Wang et al. 2024).
 
 Shape legend: ``n`` tokens (batch * positions), ``D`` model width, ``E`` routed experts N_r, ``k`` experts
 per token K_r, ``I`` expert width, ``g`` groups, ``m`` assignments (n * k).
 
-Deviations: none in the math. The routing bias is a float32 buffer as in the release (``e_score_correction_bias``).
+Deviations: none in the math; the options above (``group_score_topk``, ``balance_loss_counts``) keep the
+released code's choices reachable. The routing bias is a float32 buffer as in the release (``e_score_correction_bias``).
 """
 
 from __future__ import annotations
@@ -40,10 +47,17 @@ __all__ = [
     "Experts",
     "Router",
     "balance_loss",
+    "counted_experts",
     "dense_experts_reference",
+    "group_topk",
     "grouped_experts",
     "route",
 ]
+
+
+def group_topk(top_k: int, topk_group: int) -> int:
+    """The paper's number of affinities summed per group: K_r / M, rounded up when not whole (>= 1)."""
+    return max(1, -(-top_k // topk_group))
 
 
 def route(
@@ -56,6 +70,7 @@ def route(
     scoring_func: str = "sigmoid",
     norm_topk_prob: bool = True,
     routed_scaling_factor: float = 1.0,
+    group_score_topk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Choose experts and gates from router logits (eqs. 13-16 and node-limited routing).
 
@@ -68,6 +83,8 @@ def route(
         scoring_func: "sigmoid" (V3) or "softmax" (V2).
         norm_topk_prob: normalise the chosen affinities to sum to one.
         routed_scaling_factor: multiplies the gates.
+        group_score_topk: how many of a group's highest biased affinities make its score; None is the
+            paper's K_r / M (``ceil(top_k / topk_group)``), 2 the released code's fixed rule.
 
     Returns:
         ``gates (n, k)``, ``indices (n, k)`` and the affinities ``scores (n, E)`` (differentiable).
@@ -77,7 +94,8 @@ def route(
     num_experts = scores.shape[-1]
     if n_group > 1:
         grouped = choice.view(-1, n_group, num_experts // n_group)
-        group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
+        per_group = group_topk(top_k, topk_group) if group_score_topk is None else group_score_topk
+        group_scores = grouped.topk(min(per_group, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
         keep = group_scores.topk(topk_group, dim=-1, sorted=False).indices
         group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
         choice = choice.masked_fill(
@@ -197,6 +215,26 @@ def dense_experts_reference(
     return out
 
 
+def counted_experts(
+    scores: torch.Tensor, routed: torch.Tensor, *, counts: str = "affinities"
+) -> torch.Tensor:
+    """The experts eq. 18's f_i counts per token.
+
+    Args:
+        scores: ``(n, E)`` unbiased affinities s.
+        routed: ``(n, k)`` the experts the router chose (after the bias and the group limit).
+        counts: "affinities" (the paper: the K_r highest unbiased affinities) or "routed".
+
+    Returns:
+        ``(n, k)`` expert indices.
+    """
+    if counts == "affinities":
+        return scores.detach().topk(routed.shape[1], dim=-1, sorted=False).indices
+    if counts == "routed":
+        return routed
+    raise ValueError(f"counts must be 'affinities' or 'routed', not {counts!r}")
+
+
 def balance_loss(
     scores: torch.Tensor,
     indices: torch.Tensor,
@@ -209,7 +247,7 @@ def balance_loss(
 
     Args:
         scores: ``(n, E)`` affinities s (differentiable), n = batch_size * T in sequence order.
-        indices: ``(n, k)`` chosen experts.
+        indices: ``(n, k)`` the experts f_i counts (eq. 18: see :func:`counted_experts`).
         batch_size: sequences in the batch.
         mode: "sequence" (f and P per sequence, loss averaged over sequences) or "batch" (over all n tokens).
         scoring_func: "sigmoid" normalises s over the experts first (eq. 19); softmax scores are normalised.
@@ -261,6 +299,7 @@ class Router(nn.Module):
             scoring_func=c.scoring_func,
             norm_topk_prob=c.norm_topk_prob,
             routed_scaling_factor=c.routed_scaling_factor,
+            group_score_topk=c.group_score_topk,
         )
 
 
@@ -325,8 +364,9 @@ class MoE(nn.Module):
             self.pending_load += load.to(self.pending_load.device)
             c = self.config
             if c.balance_loss != "none" and c.balance_loss_alpha > 0:
+                counted = counted_experts(scores, indices, counts=c.balance_loss_counts)
                 loss = balance_loss(
-                    scores, indices, batch_size=b, mode=c.balance_loss, scoring_func=c.scoring_func
+                    scores, counted, batch_size=b, mode=c.balance_loss, scoring_func=c.scoring_func
                 )
                 self.aux_loss = c.balance_loss_alpha * loss
         out = out.view(b, s, d)
