@@ -50,7 +50,7 @@ def make_method(name: str, *, calls: int | None = None, config: EvolveConfig | N
 
     ``mind-evolution`` (optionally ``mind-evolution:ABLATION``, Table 4) uses ``config`` (default Table 1)
     and stops at the budget; ``best-of-n`` draws up to ``calls`` answers (800 without a budget, the paper's
-    N); ``sequential-revision+`` runs 10 threads (fewer when ``calls`` < 10) of ``calls // threads`` turns
+    N); ``sequential-revision+`` runs 10 threads (fewer when ``calls`` < 10) of ``ceil(calls / threads)`` turns (the cap ends the last)
     (80 without a budget); ``one-pass`` makes one call.
     """
     base, _, ablation = name.partition(":")
@@ -63,7 +63,7 @@ def make_method(name: str, *, calls: int | None = None, config: EvolveConfig | N
         return BestOfN(n=calls or 800)
     if base in ("sequential-revision+", "sequential-revision"):
         threads = min(10, calls) if calls else 10
-        return SequentialRevision(num_threads=threads, num_turns=max(1, calls // threads) if calls else 80)
+        return SequentialRevision(num_threads=threads, num_turns=-(-calls // threads) if calls else 80)
     if base == "one-pass":
         return OnePass()
     raise UserError(f"unknown method {name!r}; methods: {', '.join(METHODS)} (mind-evolution:ABLATION too)")

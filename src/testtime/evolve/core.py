@@ -38,7 +38,8 @@ __all__ = [
     "task_evaluator",
 ]
 
-Evaluator = Callable[[str], Any]  # answer -> (score, feedback, solved) or a testtime.tasks.Verdict
+Evaluator = Callable[[str], Any]
+_BELOW_ONE = math.nextafter(1.0, 0.0)  # answer -> (score, feedback, solved) or a testtime.tasks.Verdict
 
 
 def task_evaluator(task: Any, instance: Any) -> Evaluator:
@@ -52,8 +53,8 @@ def task_evaluator(task: Any, instance: Any) -> Evaluator:
 
 def evaluate_safely(evaluator: Evaluator, answer: str) -> tuple[float, str, bool]:
     """``(score, feedback, solved)`` from a user's evaluator, never raising: a raised error, a score that is
-    not a finite number, or a malformed result gives a failed verdict naming the problem. Scores are clipped
-    to [0, 1]."""
+    not a finite number, or a malformed result gives a failed verdict naming the problem. As for
+    ``testtime.tasks`` verdicts, a solved answer scores 1 and an unsolved one is clipped to [0, 1)."""
     try:
         result = evaluator(answer)
         if hasattr(result, "score") and hasattr(result, "solved"):
@@ -63,7 +64,9 @@ def evaluate_safely(evaluator: Evaluator, answer: str) -> tuple[float, str, bool
         score = float(score)
         if not math.isfinite(score):
             return 0.0, f"evaluator error: score {score} is not a finite number", False
-        return min(max(score, 0.0), 1.0), str(feedback), bool(solved)
+        if bool(solved):
+            return 1.0, str(feedback), True
+        return min(max(score, 0.0), _BELOW_ONE), str(feedback), False
     except Exception as exc:  # noqa: BLE001 - a user's evaluator may fail in any way
         return 0.0, f"evaluator error: {type(exc).__name__}: {exc}", False
 
