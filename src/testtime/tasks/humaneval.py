@@ -1,10 +1,11 @@
 """HumanEval (Chen et al. 2021): complete a Python function; scored by running its tests in a sandbox.
 
 The answer is either a completion of the prompt (the function body, as the benchmark expects) or a whole
-function definition, optionally inside a fenced code block. The program ``prompt + completion + tests +
-check(entry_point)`` (or the prompt's imports + the whole function + tests) runs in
-:func:`testtime.tasks.sandbox.run_python`, never in the library's process. Score 1.0 if every test passes,
-else 0.0; the feedback carries the last lines of the error (assertion, exception, timeout or memory).
+function definition, optionally inside a fenced code block. The solution (``prompt + completion``, or the
+prompt's imports + the whole function) and then the benchmark's tests run in
+:func:`testtime.tasks.sandbox.run_tests` (bubblewrap where available), never in the library's process;
+the tests see pristine builtins and the function's results must be plain data. Score 1.0 only when the
+harness proves ``check`` returned (an early ``sys.exit(0)`` does not pass), else 0.0; the feedback carries the last lines of the error (assertion, exception, timeout or memory).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import strip_thinking
-from testtime.tasks.sandbox import run_python
+from testtime.tasks.sandbox import run_tests
 
-__all__ = ["HumanEval", "build_program"]
+__all__ = ["HumanEval", "build_program", "build_solution"]
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -33,8 +34,9 @@ def _load() -> tuple[dict[str, Any], ...]:
         return tuple(json.loads(line) for line in lines if line.strip())
 
 
-def build_program(data: Mapping[str, Any], answer: str) -> str:
-    """The test program for an answer: the completed function, the benchmark's tests and the check call."""
+def build_solution(data: Mapping[str, Any], answer: str) -> str:
+    """The solution's source for an answer: the prompt plus the completion, or the prompt's imports plus a
+    whole function (the tests run separately, see :func:`testtime.tasks.sandbox.run_tests`)."""
     text = strip_thinking(answer if isinstance(answer, str) else "")
     blocks = _FENCE.findall(text)
     entry = data["entry_point"]
@@ -50,7 +52,13 @@ def build_program(data: Mapping[str, Any], answer: str) -> str:
         body = imports + "\n\n" + code
     else:
         body = data["prompt"] + code
-    return f"{body}\n\n{data['test']}\n\ncheck({entry})\n"
+    return body + "\n"
+
+
+def build_program(data: Mapping[str, Any], answer: str) -> str:
+    """One program with the solution, the benchmark's tests and the check call (for reading; the verifier
+    runs solution and tests separately)."""
+    return f"{build_solution(data, answer)}\n{data['test']}\n\ncheck({data['entry_point']})\n"
 
 
 class HumanEval(Task):
@@ -83,8 +91,8 @@ class HumanEval(Task):
         )
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
-        program = build_program(instance.data, answer)
-        result = run_python(program, **self.limits)
+        data = instance.data
+        result = run_tests(build_solution(data, answer), data["test"], data["entry_point"], **self.limits)
         if result.status == "passed":
             return Verdict(
                 score=1.0, solved=True, feedback="All tests pass.", details={"status": result.status}

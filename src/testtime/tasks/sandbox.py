@@ -1,115 +1,203 @@
-"""Run untrusted Python (model-written code) in a limited subprocess, never in the library's process.
+"""Run untrusted Python (model-written code) in a kernel-enforced sandbox, never in the library's process.
 
-What :func:`run_python` does, and what it does not (also in docs/tasks.md):
+Two layers, the kernel's first (also in docs/tasks.md):
 
-- a fresh interpreter (``python -I``: isolated mode, no PYTHONPATH, no user site, no script dir on the
-  path) with a minimal environment, in its own new temporary directory as the working directory, in its own
-  session (process group) so the whole group is killed on a wall-clock timeout;
-- ``resource`` limits set in the child before the untrusted code runs: CPU seconds (``RLIMIT_CPU``),
-  address space (``RLIMIT_AS``: memory bombs get MemoryError), file size (``RLIMIT_FSIZE``: also caps stdout
-  and stderr, which go to files), no new processes (``RLIMIT_NPROC = 0``; the kernel ignores it for root);
-- a PEP 578 audit hook, installed before the untrusted code runs and impossible to remove from Python,
-  that refuses: creating sockets or connecting (no network), starting processes (``os.system``, ``fork``,
-  ``exec*``, ``posix_spawn``, ``subprocess``), signalling other processes, loading C code through
-  ``ctypes``, and opening for writing, creating, deleting, renaming or changing the mode of any path outside
-  the temporary directory.
+1. **bubblewrap** (``bwrap``, the sandbox Flatpak uses), when it is installed and works here: the program
+   runs in new user, mount, PID, network, IPC and UTS namespaces with every capability dropped; the whole
+   file system is mounted read-only, ``/tmp`` is a private empty tmpfs, ``/dev`` and ``/proc`` are fresh,
+   and the only writable host directory is the run's own temporary directory (bound at
+   ``/tmp/sandbox``). The network namespace has only a loopback device (no network). A seccomp filter
+   (x86-64 and aarch64) refuses ``fork``, ``vfork``, ``clone3`` and every ``clone`` that does not create a
+   thread, so no new process can start, whatever the code does (``ctypes``, a C extension, a patched
+   interpreter). ``--die-with-parent`` and the PID namespace end everything when the run ends.
+2. **Inside the interpreter** (both modes): ``resource`` limits on CPU seconds, address space, file size
+   (which also caps stdout and stderr, written to files) and processes, and a PEP 578 audit hook installed
+   before the untrusted code runs. The hook refuses sockets, process creation, signals, ``ctypes``, writes
+   outside the directory, opening directories (no ``dir_fd`` tricks), reading ``/proc``, and every way of
+   reaching interpreter frames (``sys._getframe``, ``tb_frame``/``gi_frame`` attribute reads, trace and
+   profile functions, ``gc`` walks), so the harness's own state is out of the program's reach.
 
-Limits of this design, honestly: it is a best-effort sandbox in the same user account, not a security
-boundary like a container, seccomp filter or separate user. C extensions already importable in the
-interpreter (numpy, ...) can call libc without audit events; reading files outside the directory is
-allowed (the interpreter must read its standard library); as root, ``RLIMIT_NPROC`` has no effect (the
-audit hook still blocks Python-level process creation). Run untrusted code at scale in a container.
+Without bubblewrap (macOS, a locked-down container) only layer 2 runs, as an unprivileged user
+(``nobody``) when the library runs as root and the interpreter is readable by that user; a warning says
+once that isolation is weaker. ``TESTTIME_SANDBOX=fallback`` forces this mode, ``=bwrap`` requires
+bubblewrap.
+
+**Proof of completion.** The parent writes a random token to the child's standard input; the harness reads
+it before any untrusted code runs and writes it to a pipe the parent holds only after the program (or the
+tests' ``check``) has returned normally, then ends with ``os._exit(0)``. A run passes only when the exit
+status is 0 *and* the pipe holds exactly the token, so ``sys.exit(0)``, ``os._exit(0)``, ``raise
+SystemExit(0)``, killing the parent or a crash never pass.
+
+**Tests** (:func:`run_tests`): the solution runs first; the tests then run with a pristine copy of the
+builtins (a solution that patches ``builtins.abs`` or ``isinstance`` does not change what the tests see),
+and the function under test is wrapped so that a call whose result is not plain data (``int``, ``str``,
+``list`` ... exactly, no subclasses) fails: an object whose ``__eq__`` is always true cannot pass.
+
+What remains, honestly: the solution and the tests share one interpreter, so a solution can still patch a
+shared module the tests use (``math.isclose``, a helper defined in the prompt); the fallback's audit hook
+is not a security boundary (C extensions call libc without audit events); under bubblewrap a fork bomb
+is impossible but threads are allowed (bounded by the CPU and memory limits).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
+import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
-__all__ = ["SandboxResult", "run_python"]
+__all__ = ["SandboxResult", "isolation_mode", "run_python", "run_tests"]
+
+_INSIDE = "/tmp/sandbox"  # where the run's directory appears under bubblewrap
 
 _GUARD = r"""
-import os, resource, sys
+def _main():
+    import os, sys
 
+    def make_hook():
+        # Everything the hook needs is captured here, so the program cannot patch it through module globals.
+        root = os.path.realpath(os.getcwd())
+        realpath, fsdecode, isdir, sep, pathlike = os.path.realpath, os.fsdecode, os.path.isdir, os.sep, os.PathLike
+        blocked = frozenset((
+            "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
+            "os.killpg", "os.startfile", "subprocess.Popen", "pty.spawn", "socket.__new__", "socket.connect",
+            "socket.bind", "socket.sendto", "socket.getaddrinfo", "socket.gethostbyname", "ctypes.dlopen",
+            "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function", "os.chroot", "os.setuid", "os.setgid",
+            "resource.setrlimit", "resource.prlimit", "os.putenv", "os.unsetenv", "urllib.Request",
+            "webbrowser.open", "os.pidfd_open", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+            "sys._current_frames", "sys._getframe", "sys.settrace", "sys.setprofile",
+            "function.__new__", "code.__new__", "os.chdir", "os.fchdir",
+        ))
+        path_events = frozenset((
+            "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.symlink", "os.link",
+            "os.truncate", "os.utime", "os.mkfifo", "os.mknod", "os.setxattr", "os.removexattr",
+            "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
+            "shutil.copytree", "shutil.chown",
+        ))
+        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+        frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "f_locals"))
+        blocked_modules = frozenset(("ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty"))
 
-def _limit(kind, soft, hard):
-    try:
-        resource.setrlimit(kind, (soft, hard))
-    except (ValueError, OSError):
-        pass
+        def resolve(path):
+            try:
+                return realpath(fsdecode(path))
+            except BaseException:
+                return None
 
+        def inside(path):
+            if isinstance(path, int):
+                return True  # an already open descriptor
+            real = resolve(path)
+            return real is not None and (real == root or real.startswith(root + sep))
 
-_limit(resource.RLIMIT_CPU, {cpu}, {cpu} + 1)
-_limit(resource.RLIMIT_AS, {memory}, {memory})
-_limit(resource.RLIMIT_FSIZE, {fsize}, {fsize})
-_limit(resource.RLIMIT_NPROC, 0, 0)
-_limit(resource.RLIMIT_CORE, 0, 0)
+        def hook(event, args):
+            if event in blocked:
+                raise PermissionError("sandbox: " + event + " is not allowed")
+            if event == "object.__getattr__" and len(args) > 1 and args[1] in frame_attributes:
+                raise PermissionError("sandbox: reading " + str(args[1]) + " is not allowed")
+            if event == "open":
+                path, mode, flags = (tuple(args) + (None, None, None))[:3]
+                if path is None or isinstance(path, int):
+                    return
+                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                    isinstance(flags, int) and flags & write_flags
+                )
+                if writing and not inside(path):
+                    raise PermissionError("sandbox: writing outside the sandbox directory is not allowed")
+                real = resolve(path)
+                if real is None or real == "/proc" or real.startswith("/proc/"):
+                    raise PermissionError("sandbox: reading /proc is not allowed")
+                if isdir(real):
+                    raise PermissionError("sandbox: opening a directory is not allowed")
+            elif event in path_events:
+                for arg in args:
+                    if isinstance(arg, (str, bytes, pathlike)) and not inside(arg):
+                        raise PermissionError("sandbox: " + event + " outside the sandbox directory is not allowed")
+            elif event == "import" and args and args[0] in blocked_modules:
+                raise PermissionError("sandbox: importing " + str(args[0]) + " is not allowed")
 
-def _make_hook():
-    # Everything the hook needs is captured here, so the untrusted program cannot patch it through module
-    # globals (``import __main__``) or by replacing ``os.path.realpath``.
-    root = os.path.realpath(os.getcwd())
-    realpath, fsdecode, sep, pathlike = os.path.realpath, os.fsdecode, os.sep, os.PathLike
-    blocked = frozenset((
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
-        "os.killpg", "os.startfile", "subprocess.Popen", "pty.spawn", "socket.__new__", "socket.connect",
-        "socket.bind", "socket.sendto", "socket.getaddrinfo", "socket.gethostbyname", "ctypes.dlopen",
-        "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function", "os.chroot", "os.setuid", "os.setgid",
-        "resource.setrlimit", "resource.prlimit", "os.putenv", "os.unsetenv", "urllib.Request",
-        "webbrowser.open", "os.pidfd_open", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "sys._current_frames", "function.__new__", "code.__new__",
-    ))
-    path_events = frozenset((
-        "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.symlink", "os.link",
-        "os.truncate", "os.utime", "os.chdir", "os.mkfifo", "os.mknod", "os.setxattr", "os.removexattr",
-        "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
-        "shutil.copytree", "shutil.chown",
-    ))
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    blocked_modules = frozenset(("ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty"))
+        return hook
 
-    def inside(path):
-        if isinstance(path, int):
-            return True  # an already open descriptor
+    token = os.read(0, 128)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    channel = int(sys.argv[1])
+    write, exit_now = os.write, os._exit
+    import builtins, resource
+
+    def limit(kind, soft, hard):
         try:
-            real = realpath(fsdecode(path))
-        except Exception:
+            resource.setrlimit(kind, (soft, hard))
+        except (ValueError, OSError):
+            pass
+
+    limit(resource.RLIMIT_CPU, {cpu}, {cpu} + 1)
+    limit(resource.RLIMIT_AS, {memory}, {memory})
+    limit(resource.RLIMIT_FSIZE, {fsize}, {fsize})
+    limit(resource.RLIMIT_NPROC, {nproc}, {nproc})
+    limit(resource.RLIMIT_CORE, 0, 0)
+    with open("program.py", encoding="utf-8") as handle:
+        program = compile(handle.read(), "program.py", "exec")
+    tests = None
+    if {with_tests}:
+        with open("tests.py", encoding="utf-8") as handle:
+            tests = compile(handle.read(), "tests.py", "exec")
+    # modules that look at their caller's frame while being imported, imported before the hook
+    import collections, functools, itertools, math, re, string, typing  # noqa: F401, E401
+    pristine = dict(builtins.__dict__)
+    plain_types = (int, float, complex, bool, str, bytes, type(None), list, tuple, dict, set, frozenset)
+    type_of = type
+
+    def plain(value, budget):
+        budget[0] -= 1
+        if budget[0] < 0:
+            return True  # checked enough of a huge result
+        kind = type_of(value)
+        if kind not in plain_types:
             return False
-        return real == root or real.startswith(root + sep)
+        if kind is dict:
+            return all(plain(k, budget) and plain(v, budget) for k, v in value.items())
+        if kind in (list, tuple, set, frozenset):
+            return all(plain(v, budget) for v in value)
+        return True
 
-    def hook(event, args):
-        if event in blocked:
-            raise PermissionError("sandbox: " + event + " is not allowed")
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & write_flags
-            )
-            if writing and path is not None and not inside(path):
-                raise PermissionError("sandbox: writing outside the sandbox directory is not allowed")
-        elif event in path_events:
-            for arg in args:
-                if isinstance(arg, (str, bytes, pathlike)) and not inside(arg):
-                    raise PermissionError("sandbox: " + event + " outside the sandbox directory is not allowed")
-        elif event == "import" and args and args[0] in blocked_modules:
-            raise PermissionError("sandbox: importing " + str(args[0]) + " is not allowed")
+    sys.addaudithook(make_hook())
+    namespace = {{"__name__": "__main__", "__builtins__": builtins}}
+    exec(program, namespace)
+    if tests is not None:
+        candidate = namespace[{entry!r}]
 
-    return hook
+        def checked(*args, **kwargs):
+            result = candidate(*args, **kwargs)
+            if not plain(result, [1000000]):
+                raise TypeError("sandbox: the function returned " + type_of(result).__name__ + ", not plain data")
+            return result
+
+        test_namespace = dict(namespace)
+        test_namespace["__builtins__"] = pristine
+        exec(tests, test_namespace)
+        test_namespace["check"](checked)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    write(channel, token)
+    exit_now(0)
 
 
-with open("program.py", encoding="utf-8") as _file:
-    _source = _file.read()
-_code = compile(_source, "program.py", "exec")
-sys.addaudithook(_make_hook())
-del _file, _source, _make_hook, _limit
-exec(_code, {{"__name__": "__main__", "__builtins__": __builtins__}})
+globals().pop("_main")()  # the guard module keeps no names the program could reach
 """
 
 
@@ -118,12 +206,15 @@ class SandboxResult:
     """What a sandboxed run did.
 
     Attributes:
-        status: ``"passed"`` (exit 0), ``"failed"`` (non-zero exit, e.g. an assertion), ``"timeout"``
-            (CPU or wall-clock limit), ``"memory"`` (MemoryError), ``"output_limit"`` (wrote too much).
+        status: ``"passed"`` (exit 0 and the completion token), ``"failed"`` (anything else: an assertion,
+            an exception, an early exit), ``"timeout"`` (CPU or wall-clock limit), ``"memory"``
+            (MemoryError), ``"output_limit"`` (wrote too much).
         returncode: the exit status (negative: killed by that signal).
         stdout: the first ``max_output_bytes`` of standard output.
         stderr: the first ``max_output_bytes`` of standard error.
         seconds: wall-clock time.
+        completed: whether the harness proved the program (and the tests) ran to the end.
+        isolation: ``"bwrap"`` or ``"fallback"``.
     """
 
     status: str
@@ -131,6 +222,117 @@ class SandboxResult:
     stdout: str
     stderr: str
     seconds: float
+    completed: bool = False
+    isolation: str = "fallback"
+
+
+# -- the seccomp filter (no new processes) -----------------------------------------------------------------
+_CLONE_THREAD = 0x00010000
+_RET_ALLOW, _RET_KILL = 0x7FFF0000, 0x80000000
+_RET_EPERM, _RET_ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """A classic-BPF seccomp program refusing new processes (threads stay allowed), or None on other CPUs.
+
+    ``fork`` / ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with EPERM; ``clone3`` fails with
+    ENOSYS (its flags sit behind a pointer a filter cannot read; the C library then falls back to
+    ``clone``); another architecture's system calls (x32 on x86-64) kill the process.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        arch, forks, clone, clone3, x32 = 0xC000003E, (57, 58), 56, 435, True
+    elif machine in ("aarch64", "arm64"):
+        arch, forks, clone, clone3, x32 = 0xC00000B7, (), 220, 435, False
+    else:
+        return None
+    # (code, jump_if_true_label, jump_if_false_label, k); labels are resolved to relative offsets below.
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    prog: list[tuple[int, object, object, int]] = [(ld, None, None, 4), (jeq, None, "kill", arch)]
+    prog.append((ld, None, None, 0))
+    if x32:
+        prog.append((jge, "kill", None, 0x40000000))
+    prog += [(jeq, "eperm", None, nr) for nr in forks]
+    prog += [(jeq, "enosys", None, clone3), (jeq, None, "allow", clone), (ld, None, None, 16)]
+    prog.append((jset, "allow", "eperm", _CLONE_THREAD))
+    labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2, "kill": len(prog) + 3}
+    prog += [(ret, None, None, _RET_ALLOW), (ret, None, None, _RET_EPERM)]
+    prog += [(ret, None, None, _RET_ENOSYS), (ret, None, None, _RET_KILL)]
+    out = bytearray()
+    for i, (code, jt, jf, k) in enumerate(prog):
+        t = 0 if jt is None else labels[str(jt)] - i - 1
+        f = 0 if jf is None else labels[str(jf)] - i - 1
+        out += struct.pack("=HBBI", code, t, f, k)
+    return bytes(out)
+
+
+def _bwrap_args(workdir: str, seccomp_fd: int | None) -> list[str]:
+    args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    args += ["--bind", workdir, _INSIDE, "--chdir", _INSIDE, "--unshare-all", "--die-with-parent"]
+    args += ["--new-session", "--cap-drop", "ALL"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_works() -> bool:
+    """Whether bubblewrap is installed and can start an interpreter here (probed once per process)."""
+    if sys.platform != "linux" or shutil.which("bwrap") is None:
+        return False
+    try:
+        result = _spawn("pass", isolation="bwrap", cpu_seconds=5, wall_seconds=20.0, memory_mb=1024)
+    except OSError:
+        return False
+    return result.status == "passed"
+
+
+@functools.lru_cache(maxsize=1)
+def _nobody_works() -> bool:
+    """Whether the fallback can run the interpreter as ``nobody`` (only tried when running as root)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", "pass"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+_warned = False
+
+
+def isolation_mode() -> str:
+    """``"bwrap"`` or ``"fallback"``: what :func:`run_python` uses here (``TESTTIME_SANDBOX`` overrides).
+
+    Raises:
+        RuntimeError: ``TESTTIME_SANDBOX=bwrap`` but bubblewrap does not work here.
+    """
+    global _warned
+    wanted = os.environ.get("TESTTIME_SANDBOX", "auto").strip().lower()
+    if wanted == "fallback":
+        return "fallback"
+    if _bwrap_works():
+        return "bwrap"
+    if wanted == "bwrap":
+        raise RuntimeError("TESTTIME_SANDBOX=bwrap but bubblewrap (bwrap) is missing or does not work here")
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "bubblewrap (bwrap) is not available: model-written code runs with resource limits and an audit "
+            "hook only, which is weaker isolation (install the 'bubblewrap' package)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "fallback"
 
 
 def run_python(
@@ -140,28 +342,117 @@ def run_python(
     wall_seconds: float = 10.0,
     memory_mb: int = 1024,
     max_output_bytes: int = 1_000_000,
+    isolation: str | None = None,
+    audit_hook: bool = True,
 ) -> SandboxResult:
-    """Run Python source in a sandboxed subprocess (see the module docstring for what is enforced).
+    """Run a Python program in the sandbox (see the module docstring); it passes when it runs to the end.
 
     Args:
-        source: the program.
+        source: the program (run as ``__main__``).
         cpu_seconds: CPU-time limit.
         wall_seconds: wall-clock limit (sleeping programs use no CPU).
         memory_mb: address-space limit.
         max_output_bytes: limit on each output stream and on any file the program writes.
+        isolation: ``"bwrap"``, ``"fallback"`` or None (:func:`isolation_mode`).
+        audit_hook: install the audit hook (tests turn it off to check the kernel layer alone).
 
     Returns:
         A :class:`SandboxResult`.
     """
+    return _spawn(
+        source,
+        isolation=isolation or isolation_mode(),
+        cpu_seconds=cpu_seconds,
+        wall_seconds=wall_seconds,
+        memory_mb=memory_mb,
+        max_output_bytes=max_output_bytes,
+        audit_hook=audit_hook,
+    )
+
+
+def run_tests(
+    solution: str,
+    tests: str,
+    entry_point: str,
+    *,
+    cpu_seconds: int = 5,
+    wall_seconds: float = 10.0,
+    memory_mb: int = 1024,
+    max_output_bytes: int = 1_000_000,
+    isolation: str | None = None,
+) -> SandboxResult:
+    """Run a solution, then tests defining ``check(candidate)``, and call ``check(solution[entry_point])``.
+
+    The tests see pristine builtins and a wrapped candidate whose results must be plain data (module
+    docstring). Passed means ``check`` returned.
+
+    Args:
+        solution: the solution's source (e.g. HumanEval's prompt plus the completion).
+        tests: source defining ``check(candidate)``.
+        entry_point: the name of the function under test.
+        cpu_seconds: CPU-time limit.
+        wall_seconds: wall-clock limit.
+        memory_mb: address-space limit.
+        max_output_bytes: limit on each output stream.
+        isolation: as for :func:`run_python`.
+
+    Returns:
+        A :class:`SandboxResult`.
+    """
+    if not entry_point.isidentifier():
+        raise ValueError(f"entry_point must be a Python name, got {entry_point!r}")
+    return _spawn(
+        solution,
+        tests=tests,
+        entry_point=entry_point,
+        isolation=isolation or isolation_mode(),
+        cpu_seconds=cpu_seconds,
+        wall_seconds=wall_seconds,
+        memory_mb=memory_mb,
+        max_output_bytes=max_output_bytes,
+    )
+
+
+def _spawn(
+    source: str,
+    *,
+    isolation: str,
+    tests: str | None = None,
+    entry_point: str = "",
+    cpu_seconds: int = 5,
+    wall_seconds: float = 10.0,
+    memory_mb: int = 1024,
+    max_output_bytes: int = 1_000_000,
+    audit_hook: bool = True,
+) -> SandboxResult:
     if sys.platform == "win32":  # pragma: no cover
         raise RuntimeError("the sandbox needs a POSIX system (resource limits)")
+    if isolation not in ("bwrap", "fallback"):
+        raise ValueError(f"isolation must be 'bwrap' or 'fallback', got {isolation!r}")
+    as_nobody = isolation == "fallback" and _nobody_works()
     workdir = tempfile.mkdtemp(prefix="testtime-sandbox-")
+    token = secrets.token_hex(24).encode()
+    read_end, write_end = os.pipe()
+    seccomp_read = -1
     try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8", errors="replace") as handle:
             handle.write(source)
-        guard = _GUARD.format(cpu=int(cpu_seconds), memory=int(memory_mb) << 20, fsize=int(max_output_bytes))
+        if tests is not None:
+            with open(os.path.join(workdir, "tests.py"), "w", encoding="utf-8", errors="replace") as handle:
+                handle.write(tests)
+        guard = _GUARD.format(
+            cpu=int(cpu_seconds),
+            memory=int(memory_mb) << 20,
+            fsize=int(max_output_bytes),
+            nproc=256 if as_nobody else 4096,
+            with_tests=tests is not None,
+            entry=entry_point,
+        )
+        if not audit_hook:
+            guard = guard.replace("    sys.addaudithook(make_hook())\n", "")
         with open(os.path.join(workdir, "guard.py"), "w", encoding="utf-8") as handle:
             handle.write(guard)
+        inner = _INSIDE if isolation == "bwrap" else workdir
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -169,46 +460,100 @@ def run_python(
             "PYTHONDONTWRITEBYTECODE": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
-            "HOME": workdir,
-            "TMPDIR": workdir,
+            "HOME": inner,
+            "TMPDIR": inner,
         }
+        command = [sys.executable, "-I", "-B", "guard.py", str(write_end)]
+        pass_fds = [write_end]
+        extra: dict = {}
+        if isolation == "bwrap":
+            program = seccomp_filter()
+            if program is not None:
+                seccomp_read, seccomp_write = os.pipe()
+                os.write(seccomp_write, program)
+                os.close(seccomp_write)
+                pass_fds.append(seccomp_read)
+            command = [*_bwrap_args(workdir, seccomp_read if program is not None else None), "--", *command]
+        elif as_nobody:
+            os.chown(workdir, 65534, 65534)
+            extra = {"user": 65534, "group": 65534, "extra_groups": []}
         start = time.perf_counter()
         out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-B", "guard.py"],
+                command,
                 cwd=workdir,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=err,
+                pass_fds=pass_fds,
                 start_new_session=True,
+                **extra,
             )
+            os.close(write_end)
+            write_end = -1
+            if seccomp_read >= 0:
+                os.close(seccomp_read)
+                seccomp_read = -1
+            assert process.stdin is not None
+            with contextlib.suppress(OSError):
+                process.stdin.write(token)
+                process.stdin.close()
             timed_out = False
             try:
                 process.wait(timeout=wall_seconds)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         seconds = time.perf_counter() - start
+        received = _drain(read_end, 4 * len(token))
+        completed = received == token
         stdout = _read_head(out_path, max_output_bytes)
         stderr = _read_head(err_path, max_output_bytes)
         code = process.returncode
+        if isolation == "bwrap" and code > 128:  # bubblewrap reports a child killed by signal N as 128 + N
+            code = 128 - code
         if timed_out or code in (-signal.SIGXCPU, -signal.SIGKILL):
             status = "timeout"
         elif code == -signal.SIGXFSZ or "File too large" in stderr[-2000:]:  # Python ignores SIGXFSZ
             status = "output_limit"
-        elif code == 0:
+        elif code == 0 and completed:
             status = "passed"
         elif "MemoryError" in stderr[-2000:]:
             status = "memory"
         else:
             status = "failed"
-        return SandboxResult(status=status, returncode=code, stdout=stdout, stderr=stderr, seconds=seconds)
+        return SandboxResult(
+            status=status,
+            returncode=code,
+            stdout=stdout,
+            stderr=stderr,
+            seconds=seconds,
+            completed=completed,
+            isolation=isolation,
+        )
     finally:
+        for fd in (read_end, write_end, seccomp_read):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _drain(fd: int, limit: int) -> bytes:
+    """What the harness wrote on the completion pipe (at most ``limit`` bytes; never blocks)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError, OSError):
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 def _read_head(path: str, limit: int) -> str:
