@@ -425,8 +425,7 @@ class ClozeEnv:
         self, policy: Policy, instances: Sequence[Any], *, num_samples: int, temperature: float, seed: int
     ):
         encoded = [self._encode(policy, i) for i in instances]
-        with torch.no_grad(), policy.training() as model:
-            scores = self._option_scores(model, encoded)
+        scores = self._engine_scores(policy, encoded)
         generator = torch.Generator().manual_seed(seed)
         out = []
         for index, (instance, (prompt, options), row) in enumerate(
@@ -494,19 +493,26 @@ class ClozeEnv:
         )
         return sequence_logp(logps, mask, "mean")
 
+    def _engine_scores(self, policy: Policy, encoded: Sequence[tuple[list[int], list[list[int]]]]):
+        """Option scores without gradients through the LLM layer's engine (the current merged weights)."""
+        policy.sync_for_sampling()
+        prompts = [p for p, options in encoded for _ in options]
+        completions = [o for _, options in encoded for o in options]
+        rows = policy.llm.score_tokens(prompts, completions)
+        flat = torch.tensor(
+            [sum(r) / (len(r) if self.score == "mean" else 1) for r in rows], dtype=torch.float64
+        )
+        return list(torch.split(flat, [len(options) for _, options in encoded]))
+
     def evaluate(self, policy: Policy, instances: Sequence[Any]) -> float:
         """Cloze accuracy: the option with the best score (argmax) verifies as solved."""
         if not instances:
             return 0.0
         encoded = [self._encode(policy, i) for i in instances]
-        solved = 0
-        with torch.no_grad(), policy.training() as model:
-            for start in range(0, len(encoded), 8):
-                chunk = encoded[start : start + 8]
-                for instance, row in zip(
-                    instances[start : start + 8], self._option_scores(model, chunk), strict=True
-                ):
-                    solved += self._verdict(instance, int(row.argmax())).solved
+        scores = self._engine_scores(policy, encoded)
+        solved = sum(
+            self._verdict(i, int(row.argmax())).solved for i, row in zip(instances, scores, strict=True)
+        )
         return solved / len(instances)
 
 
