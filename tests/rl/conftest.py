@@ -39,3 +39,12 @@ def tiny_llama():
 def make_llama():
     """The factory itself (tests pass seeds and dtypes)."""
     return make_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread on a shared machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
