@@ -8,6 +8,10 @@ import torch
 from testtime.llm import LocalLLM
 from testtime.llm.loading import load_model
 
+# transformers' Llama normalises in float32 even in a float64 model, testtime.nn's RMSNorm in float64:
+# in float64 the two agree to about 1e-8 (greedy tokens exactly; tests/llm/test_engine.py).
+TOL = 1e-6
+
 CHATS = [
     [{"role": "user", "content": "what is the capital of france"}],
     [{"role": "system", "content": "answer"}, {"role": "user", "content": "one two three"}],
@@ -55,7 +59,7 @@ def test_n_samples_batches_and_accounting(llm):
             with torch.inference_mode():
                 logp = llm.model(ids).logits[0].log_softmax(-1)
             expected = [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(choice.token_ids)]
-            assert choice.logprobs == pytest.approx(expected, abs=1e-10)
+            assert choice.logprobs == pytest.approx(expected, abs=TOL)
 
 
 def test_stop_strings_cut_the_text(llm):
@@ -77,7 +81,7 @@ def test_score_tokens_equals_full_forward(llm):
     with torch.inference_mode():
         logp = llm.model(ids).logits[0].log_softmax(-1)
     assert got == pytest.approx(
-        [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)], abs=1e-10
+        [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)], abs=TOL
     )
 
 
@@ -99,7 +103,7 @@ def test_score_continuations_equals_the_tasks_transformers_scorer(llm):
     )
     for (logprob, count), (ref_logprob, ref_count) in zip(ours, reference, strict=True):
         assert count == ref_count
-        assert logprob == pytest.approx(ref_logprob, abs=1e-9)
+        assert logprob == pytest.approx(ref_logprob, abs=TOL)
     with pytest.raises(ValueError, match="at least one token"):
         llm.score_continuations(prompt, [""])
 

@@ -7,32 +7,47 @@ weights packed once, and drops the overhead (measured in docs/benchmarks/generat
 
 - **Lean path** (Llama, Mistral without sliding window, Qwen2, SmolLM2: ``model.model.layers[i]`` with
   ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` as plain ``nn.Linear``, SiLU, RMSNorm, no
-  q/k norms): its own forward reading the HF weights, a KV cache allocated once per call
-  (``[layers, batch, kv_heads, max_len, head_dim]``), fused QKV and gate/up matrices, SDPA with the query
-  heads of one KV group folded into the query length while decoding (no K/V repetition), a key-padding mask
-  built once per call and sliced per step, RoPE tables computed by the model's own rotary module, logits of
-  the last position only, finished rows dropped from the batch, repeated prompts prefilled once, and on
-  CPUs with oneDNN every weight product (the LM head too) on a pre-packed copy of the weight.
+  q/k norms): its own forward reading the HF weights, with RMSNorm, RoPE and the token sampler of
+  ``testtime.nn`` (RoPE tables from the model's own rotary module, so any RoPE scaling it implements
+  applies), fused QKV and gate/up matrices, SDPA with the query heads of one KV group folded into the query
+  length while decoding (no K/V repetition), logits of the last position only, and on CPUs with oneDNN
+  every weight product (the LM head too) on a pre-packed copy of the weight.
 - **Fallback path** (any other causal LM): the model's own forward with its ``DynamicCache``.
 
-Both paths batch ragged prompts by left padding with position ids counted from each prompt's first real
-token, the way ``generate`` does, so greedy output is token-identical to ``generate`` (up to float rounding
-ties, which float64 removes; see tests/llm/test_engine.py).
+**Rows join and leave between steps** (iteration-level scheduling, as in Orca, Yu et al. OSDI 2022, and
+vLLM): a :class:`DecodeBatch` holds the running rows and their KV cache; :meth:`DecodeBatch.admit` prefills
+new rows (identical prompts once, their cache rows copied) and :meth:`DecodeBatch.step` samples one token
+for every row, lets finished and cancelled rows leave, and runs one decoding forward for the rest. On the
+lean path the cache is a block of *slots* ``[L, R, Nk, C, D]``: each running row owns slot ``i < B`` and
+keeps its tokens in columns ``[0, length)`` (right padding, a per-row write column), so a row can join at
+any step without touching the others, and a leaving row's slot is refilled by moving the last row into it.
+Positions count from each prompt's first token, as ``generate``'s left padding does, so greedy output is
+token-identical to ``generate`` (up to float rounding ties, which float64 removes; tests/llm/test_engine.py).
+On the fallback path rows join only an empty batch (the model's own cache is not built for joins); they
+still leave one by one. :meth:`Engine.generate` runs one such batch to the end; the scheduler in
+:mod:`testtime.llm.scheduler` feeds a long-lived one from many callers.
 
-Weight modifications: the lean path caches fused (and packed) copies of the weights. At the start of every
-:meth:`Engine.generate` / :meth:`Engine.score` call it compares each source parameter's identity, storage
-and in-place version counter with those it packed from (microseconds) and rebuilds the layers that changed,
-so in-place edits (an optimizer step, SVF singular-value scaling written into the weights) and replaced
-parameters are picked up without reloading. Parametrized weights (``torch.nn.utils.parametrize``) are
-re-read on every call. Changes made *during* a call are not seen. :meth:`Engine.refresh_weights` forces a
-re-read. Modules swapped for non-``nn.Linear`` ones (PEFT LoRA, custom SVF layers) make the engine use the
-fallback path, which always runs the model as it is.
+Each row carries its own sampling parameters and ``torch.Generator`` (:mod:`testtime.nn.sampling`), so a
+seeded row draws the same tokens alone or next to any other rows.
 
-Log-probabilities are those of the model's raw distribution (temperature 1, no top-p), for the sampled
-tokens as for given completions: the quantities a policy-gradient loss needs.
+**Weight updates.** The lean path caches fused (and packed) copies of the weights. Declare every change:
+``with engine.updating_weights(): optimizer.step()`` waits for the running step to end, holds further steps
+while the block runs and makes the next step re-read every weight; :meth:`Engine.weights_changed` declares
+a change already made (the next step re-reads). Fused optimizer steps and ``.data`` edits do not bump
+torch's version counters, so only the explicit call is reliable. Without it, the engine still compares
+each source parameter's identity, storage and version counter with those it packed from when rows are
+prefilled (microseconds) and rebuilds the layers that changed; parametrized weights
+(``torch.nn.utils.parametrize``) are re-read at every prefill. Modules swapped for non-``nn.Linear`` ones
+(PEFT LoRA, custom SVF layers) make the engine use the fallback path, which always runs the model as it is;
+``updating_weights`` still keeps its steps from running while the weights change.
 
-Shape legend: B batch rows, S new positions in this forward, T cached positions, L layers, H hidden size,
-Nh query heads, Nk KV heads, G = Nh / Nk, D head dim, V vocabulary.
+Log-probabilities are those of the model's raw distribution (temperature 1, no top-p) unless a row asks for
+the temperature-scaled one (``logprobs_scaled``); :meth:`Engine.score` gives raw log-probabilities of given
+completions.
+
+Shape legend: B running rows, R allocated slots, S new positions in this forward, T cached positions,
+C cache columns per slot, L layers, H hidden size, Nh query heads, Nk KV heads, G = Nh / Nk, D head dim,
+V vocabulary.
 """
 
 from __future__ import annotations
@@ -40,7 +55,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +64,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Engine", "GenerationResult", "lean_supported", "sample_next"]
+from testtime.llm.compat import cache_kwargs, returned_cache
+from testtime.nn.norm import rms_norm
+from testtime.nn.rope import apply_rope
+from testtime.nn.sampling import sample
+
+__all__ = ["DecodeBatch", "Engine", "GenerationResult", "Row", "lean_supported"]
 
 _LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -59,46 +80,66 @@ class GenerationResult:
 
     Attributes:
         tokens: the generated token ids (a stop token included when generation ended on it).
-        logprobs: the raw-model log-probability of each generated token (empty lists unless asked for).
+        logprobs: the log-probability of each generated token (empty lists unless asked for).
         finish_reasons: ``"stop"`` (a stop token or the stop callback) or ``"length"`` (max_new_tokens).
+        top_logprobs: per generated token, the ``top_logprobs`` most likely ``(token, logprob)`` pairs
+            (empty lists unless asked for).
     """
 
     tokens: list[list[int]]
     logprobs: list[list[float]]
     finish_reasons: list[str]
+    top_logprobs: list[list[list[tuple[int, float]]]] = field(default_factory=list)
 
 
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Draw one token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
+@dataclass(kw_only=True, eq=False)
+class Row:
+    """One sequence to generate, with its own sampling parameters, and its state while it runs.
 
-    Args:
-        logits: ``[B, V]`` next-token logits.
-        temperature: 0 means greedy (argmax); otherwise the softmax temperature.
-        top_p: keep the smallest set of most likely tokens whose probability reaches ``top_p``
-            (Holtzman et al. 2020); 1 keeps all.
-        generator: the random generator (for seeded sampling).
-
-    Returns:
-        ``[B]`` token ids.
+    Attributes:
+        prompt: the prompt's token ids (at least one).
+        max_new_tokens: the most tokens to generate.
+        temperature: 0 is greedy.
+        top_p: nucleus threshold (1 keeps all).
+        top_k: keep the k most likely tokens (0 keeps all).
+        generator: this row's random generator (None: torch's global one).
+        stop_token_ids: the row stops after generating one of these (kept in ``tokens``).
+        stop_check: ``tokens -> bool`` called after each new token; True stops the row (stop strings).
+        logprobs: record each token's log-probability.
+        logprobs_scaled: of the temperature-scaled distribution instead of the raw one.
+        top_logprobs: record this many most likely tokens per step (0: none).
+        on_token: called (from the stepping thread) after each new token with the row; ``finish_reason``
+            is already set when it is the last one.
+        tag: the owner's label (the scheduler keeps its request and sample index here).
+        tokens, token_logprobs, tops: what was generated so far.
+        finish_reason: None while running; then ``"stop"``, ``"length"`` or ``"cancelled"``.
+        cancelled: set (from any thread) to make the row leave at the next step.
     """
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    scaled = logits.float() / temperature
-    if top_p < 1.0:
-        sorted_logits, order = scaled.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        choice = torch.multinomial(sorted_logits.softmax(dim=-1), 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(scaled.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    generator: torch.Generator | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+    stop_check: Callable[[list[int]], bool] | None = None
+    logprobs: bool = False
+    logprobs_scaled: bool = False
+    top_logprobs: int = 0
+    on_token: Callable[[Row], None] | None = None
+    tag: Any = None
+    tokens: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    cached: int = 0  # tokens in this row's KV cache
+
+    @property
+    def span(self) -> int:
+        """The most cache columns this row can need (prompt plus generated tokens)."""
+        return len(self.prompt) + self.max_new_tokens
 
 
 @contextlib.contextmanager
@@ -129,34 +170,6 @@ def _with_threads(method: Any) -> Any:
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary in at least float32 (float64 stays float64)."""
     return logits.log_softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-
-
-def _cache_kwargs(model: nn.Module, cache: Any) -> dict[str, Any]:
-    """The KV-cache keyword of ``model.forward``: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    import inspect
-
-    parameters = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
-
-
-def _returned_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32 then cast back, as ``LlamaRMSNorm`` does: ``w * x / sqrt(mean(x^2) + eps)``."""
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the half-split convention of HF Llama: ``x * cos + rotate_half(x) * sin`` (``x``: [B, h, S, D])."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 def lean_supported(model: nn.Module) -> tuple[bool, str]:
@@ -264,25 +277,322 @@ class _LayerWeights:
     ln_mlp: torch.Tensor
 
 
-@dataclass
-class _Batch:
-    """The state of one generation call on the lean path."""
+class DecodeBatch:
+    """The running rows of one :class:`Engine` and their KV cache (see the module docstring).
 
-    cache_k: torch.Tensor  # [L, B, Nk, T_max, D]
-    cache_v: torch.Tensor
-    key_valid: torch.Tensor  # [B, T_max] bool: this cached position holds a real token
-    rope_cos: torch.Tensor  # [T_max, D]
-    rope_sin: torch.Tensor
-    rows: list[int] = field(default_factory=list)
+    Not thread-safe: one thread admits and steps (the scheduler's, or :meth:`Engine.generate`'s caller).
+
+    Args:
+        engine: the engine whose model runs the rows.
+        max_rows: the most rows at once (KV slots).
+        max_kv_tokens: bound on ``rows x the longest row's prompt + max_new_tokens`` (the cache's size in
+            token columns); None: no bound beyond ``max_rows``.
+    """
+
+    def __init__(self, engine: Engine, *, max_rows: int, max_kv_tokens: int | None = None) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self.engine = engine
+        self.max_rows = max_rows
+        self.max_kv_tokens = max_kv_tokens
+        self.rows: list[Row] = []
+        self.logits: torch.Tensor | None = None  # [B, V]: next-token logits of each running row
+        self._k: torch.Tensor | None = None  # lean: [L, R, Nk, C, D]
+        self._v: torch.Tensor | None = None
+        self._valid: torch.Tensor | None = None  # lean: [R, C] bool, a real token is cached there
+        self._state: dict[str, Any] | None = None  # fallback: the model's cache and attention mask
+
+    # ------------------------------------------------------------------ admission
+
+    def fits(self, rows: list[Row]) -> bool:
+        """Whether ``rows`` can join now (slots, the KV bound, and on the fallback path an empty batch)."""
+        count = len(self.rows) + len(rows)
+        if count > self.max_rows or (self.rows and not self.engine.lean):
+            return False
+        if self.max_kv_tokens is None:
+            return True
+        return count * max(r.span for r in self.rows + rows) <= self.max_kv_tokens
+
+    def fits_alone(self, rows: list[Row]) -> bool:
+        """Whether ``rows`` could ever join (in an empty batch)."""
+        if len(rows) > self.max_rows:
+            return False
+        return self.max_kv_tokens is None or len(rows) * max(r.span for r in rows) <= self.max_kv_tokens
+
+    def admit(self, rows: list[Row]) -> list[Row]:
+        """Prefill ``rows`` and add them to the batch; returns those finished at once (``max_new_tokens`` 0).
+
+        Identical prompts among ``rows`` are prefilled once and their cache copied.
+        """
+        done = [r for r in rows if r.max_new_tokens == 0 or r.cancelled]
+        for row in done:
+            row.finish_reason = "cancelled" if row.cancelled else "length"
+        rows = [r for r in rows if r not in done]
+        if not rows:
+            return done
+        if any(len(r.prompt) == 0 for r in rows):
+            raise ValueError("every prompt needs at least one token")
+        unique: dict[tuple[int, ...], int] = {}
+        source = [unique.setdefault(tuple(r.prompt), len(unique)) for r in rows]
+        # Distinct prompts first (they are prefilled), then the repeats (their cache is copied).
+        firsts = [source.index(u) for u in range(len(unique))]
+        order = firsts + [i for i in range(len(rows)) if i not in firsts]
+        rows = [rows[i] for i in order]
+        source = [source[i] for i in order]
+        if self.engine.lean:
+            logits = self._prefill_lean(rows, len(unique), source)
+        else:
+            logits = self._prefill_fallback(rows, len(unique), source)
+        for row in rows:
+            row.cached = len(row.prompt)
+        self.rows += rows
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+        return done
+
+    def _ensure_capacity(self, num_rows: int, columns: int) -> None:
+        engine = self.engine
+        have_rows = 0 if self._k is None else self._k.shape[1]
+        have_cols = 0 if self._k is None else self._k.shape[3]
+        if num_rows <= have_rows and columns <= have_cols:
+            return
+        new_rows = max(num_rows, min(self.max_rows, 2 * have_rows))
+        new_cols = max(columns, have_cols)
+        new_cols = 64 * math.ceil(new_cols / 64)
+        config = engine.model.config
+        shape = (config.num_hidden_layers, new_rows, engine.num_kv_heads, new_cols, engine.head_dim)
+        # Zeros, not empty: masked-out columns still enter attention's product with weight 0, and 0 * NaN
+        # (uninitialised memory) would be NaN.
+        k = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
+        v = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
+        valid = torch.zeros(new_rows, new_cols, dtype=torch.bool, device=engine.device)
+        if self._k is not None and self.rows:
+            b = len(self.rows)
+            used = max(r.cached for r in self.rows)
+            k[:, :b, :, :used] = self._k[:, :b, :, :used]
+            v[:, :b, :, :used] = self._v[:, :b, :, :used]
+            valid[:b, :used] = self._valid[:b, :used]
+        self._k, self._v, self._valid = k, v, valid
+
+    def _prefill_lean(self, rows: list[Row], num_unique: int, source: list[int]) -> torch.Tensor:
+        engine = self.engine
+        engine._sync_weights()
+        first = len(self.rows)
+        span = max(r.span for r in self.rows + rows)
+        self._ensure_capacity(first + len(rows), span)
+        assert self._k is not None and self._v is not None and self._valid is not None
+        distinct = rows[:num_unique]
+        width = max(len(r.prompt) for r in distinct)
+        device = engine.device
+        ids = torch.zeros((num_unique, width), dtype=torch.long)
+        for i, row in enumerate(distinct):
+            ids[i, : len(row.prompt)] = torch.tensor(row.prompt)
+        lengths = torch.tensor([len(r.prompt) for r in rows], device=device)
+        slots = slice(first, first + len(rows))
+        self._valid[slots] = False
+        self._valid[slots, :width] = torch.arange(width, device=device)[None] < lengths[:, None]
+        positions = torch.arange(width, device=device).expand(num_unique, width)
+        valid = self._valid[first : first + num_unique, :width]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # A padding query may see nothing valid: let every query see itself so no softmax row is empty.
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
+        hidden = engine._forward_lean(
+            ids.to(device),
+            positions,
+            self._k[:, first : first + num_unique],
+            self._v[:, first : first + num_unique],
+            write=None,
+            mask=mask[:, None],
+            num_keys=width,
+            last=lengths[:num_unique] - 1,
+        )
+        logits = engine._logits(hidden)
+        for i in range(num_unique, len(rows)):
+            src, dst, n = first + source[i], first + i, len(rows[i].prompt)
+            self._k[:, dst, :, :n] = self._k[:, src, :, :n]
+            self._v[:, dst, :, :n] = self._v[:, src, :, :n]
+        return logits[torch.tensor(source, device=device)]
+
+    def _prefill_fallback(self, rows: list[Row], num_unique: int, source: list[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        assert not self.rows, "the fallback path admits rows into an empty batch only"
+        engine = self.engine
+        distinct = [r.prompt for r in rows[:num_unique]]
+        width = max(len(p) for p in distinct)
+        ids = torch.zeros((num_unique, width), dtype=torch.long)
+        mask = torch.zeros((num_unique, width), dtype=torch.long)
+        for i, prompt in enumerate(distinct):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
+        ids, mask = ids.to(engine.device), mask.to(engine.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        model = engine.model
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **cache_kwargs(model, DynamicCache(config=model.config)),
+        )
+        state = {"cache": returned_cache(out), "mask": mask}
+        expand = torch.tensor(source, device=engine.device)
+        if num_unique < len(rows):
+            state["mask"] = state["mask"][expand]
+            state["cache"].batch_select_indices(expand)
+        self._state = state
+        return out.logits[:, -1][expand]
+
+    # ------------------------------------------------------------------ decoding
+
+    def step(self) -> list[Row]:
+        """Sample one token for every row, let finished rows leave, run one forward for the others.
+
+        Returns:
+            The rows that finished (their ``finish_reason`` set), in batch order.
+        """
+        rows = self.rows
+        if not rows:
+            return []
+        assert self.logits is not None and self.logits.shape[0] == len(rows)
+        want_logprobs = any(r.logprobs for r in rows)
+        num_top = max(r.top_logprobs for r in rows)
+        out = sample(
+            self.logits,
+            temperature=[r.temperature for r in rows],
+            top_p=[r.top_p for r in rows],
+            top_k=[r.top_k for r in rows],
+            generators=[r.generator for r in rows],
+            logprobs=want_logprobs,
+            logprobs_scaled=[r.logprobs_scaled for r in rows],
+            num_top_logprobs=num_top,
+        )
+        tokens = out.tokens.tolist()
+        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
+        top_ids = out.top_ids.tolist() if out.top_ids is not None else None
+        top_values = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+        finished: list[int] = []
+        for i, row in enumerate(rows):
+            if row.cancelled:
+                row.finish_reason = "cancelled"
+                finished.append(i)
+                continue
+            token = tokens[i]
+            row.tokens.append(token)
+            if row.logprobs and logprobs is not None:
+                row.token_logprobs.append(logprobs[i])
+            if row.top_logprobs and top_ids is not None and top_values is not None:
+                k = row.top_logprobs
+                row.tops.append(list(zip(top_ids[i][:k], top_values[i][:k], strict=True)))
+            if token in row.stop_token_ids or (row.stop_check is not None and row.stop_check(row.tokens)):
+                row.finish_reason = "stop"
+            elif len(row.tokens) >= row.max_new_tokens:
+                row.finish_reason = "length"
+            if row.finish_reason is not None:
+                finished.append(i)
+            if row.on_token is not None:
+                row.on_token(row)
+        done = [rows[i] for i in finished]
+        last = out.tokens
+        if finished:
+            keep = self._remove(finished)
+            last = last[keep]
+        if self.rows:
+            self.logits = self._decode(last)
+        else:
+            self.logits = None
+            self._state = None
+        return done
+
+    def cancel_all(self) -> list[Row]:
+        """Mark every running row cancelled and drop it (returns them)."""
+        rows = list(self.rows)
+        for row in rows:
+            row.cancelled = True
+            row.finish_reason = "cancelled"
+        if rows:
+            self._remove(list(range(len(rows))))
+        self.logits = None
+        self._state = None
+        return rows
+
+    def _remove(self, indices: list[int]) -> torch.Tensor:
+        """Drop rows; returns the old batch positions of the remaining rows, in their new order."""
+        device = self.engine.device
+        positions = list(range(len(self.rows)))
+        if self.engine.lean:
+            assert self._k is not None and self._v is not None and self._valid is not None
+            for i in sorted(indices, reverse=True):
+                last = len(self.rows) - 1
+                if i != last:  # the last row moves into the freed slot
+                    n = self.rows[last].cached
+                    self._k[:, i, :, :n] = self._k[:, last, :, :n]
+                    self._v[:, i, :, :n] = self._v[:, last, :, :n]
+                    self._valid[i] = self._valid[last]
+                    self.rows[i] = self.rows[last]
+                    positions[i] = positions[last]
+                self.rows.pop()
+                positions.pop()
+        else:
+            gone = set(indices)
+            positions = [i for i in positions if i not in gone]
+            self.rows = [self.rows[i] for i in positions]
+            if self.rows and self._state is not None:
+                keep = torch.tensor(positions, device=device)
+                self._state["mask"] = self._state["mask"][keep]
+                self._state["cache"].batch_select_indices(keep)
+        return torch.tensor(positions, dtype=torch.long, device=device)
+
+    def _decode(self, last: torch.Tensor) -> torch.Tensor:
+        """One forward of the last sampled token of every row; returns the next logits ``[B, V]``."""
+        engine = self.engine
+        device = engine.device
+        cached = torch.tensor([r.cached for r in self.rows], device=device)
+        if engine.lean:
+            assert self._k is not None and self._v is not None and self._valid is not None
+            b = len(self.rows)
+            need = max(r.cached for r in self.rows) + 1
+            self._ensure_capacity(b, need)
+            self._valid[torch.arange(b, device=device), cached] = True
+            hidden = engine._forward_lean(
+                last[:, None],
+                cached[:, None],
+                self._k[:, :b],
+                self._v[:, :b],
+                write=cached,
+                mask=self._valid[:b, :need][:, None, None, :],
+                num_keys=need,
+                last=None,
+            )
+            logits = engine._logits(hidden)
+        else:
+            assert self._state is not None
+            state = self._state
+            mask = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=-1)
+            model = engine.model
+            out = model(
+                input_ids=last[:, None],
+                attention_mask=mask,
+                position_ids=cached[:, None],
+                use_cache=True,
+                **cache_kwargs(model, state["cache"]),
+            )
+            state["mask"] = mask
+            state["cache"] = returned_cache(out)
+            logits = out.logits[:, -1]
+        for row in self.rows:
+            row.cached += 1
+        return logits
 
 
 class Engine:
     """Batched sampling and scoring for a transformers causal LM (see the module docstring).
 
     Args:
-        model: a transformers causal LM (``AutoModelForCausalLM``), in eval mode.
+        model: a transformers causal LM (``AutoModelForCausalLM``), in eval mode, in float32, float64 or
+            bfloat16 (bfloat16 runs the weight products in bfloat16, through oneDNN's AVX-512 BF16 / AMX
+            kernels where the CPU has them).
         lean: use the lean Llama-family forward: True requires it, False never, None when supported.
-        compact_fraction: drop finished rows from the batch when at least this fraction of it has finished.
+        compact_fraction: accepted for compatibility and unused: finished rows leave at once.
         prepack: run the lean path's matrix products through oneDNN on weights packed once per change
             (True requires it, False never, None when available: CPU, float32 or bfloat16). It keeps a packed
             copy of the weights (the model's size once more).
@@ -312,10 +622,17 @@ class Engine:
         self.num_threads = num_threads
         self._layers: list[_LayerWeights] = []
         self._head: tuple[tuple[tuple[int, int, int], ...], _Linear] | None = None
+        self._misc: tuple[tuple[tuple[int, int, int], ...], torch.Tensor, torch.Tensor] | None = None
         available = self.lean and _onednn_available(self.device, self.dtype)
         if prepack and not available:
             raise ValueError("prepack=True needs the lean path on a CPU with oneDNN, in float32 or bfloat16")
         self.prepack = available if prepack is None else bool(prepack)
+        # The weight-update contract: steps run one at a time, never while weights change.
+        self._condition = threading.Condition()
+        self._busy = False
+        self._pausers = 0
+        self._stale = False
+        self.weight_versions = 0  # how many declared weight changes the engine has taken in
         if self.lean:
             config = model.config
             self.num_heads = config.num_attention_heads
@@ -337,16 +654,78 @@ class Engine:
         """The model's compute dtype (that of its embedding)."""
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def max_context(self) -> int | None:
+        """The model's context length (``max_position_embeddings``), when its config gives one."""
+        value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+
     @torch.inference_mode()
     def prepare(self) -> None:
         """Fuse and pack the weights now (the first call would otherwise do it); a no-op on the fallback path."""
         if self.lean:
-            self._sync_weights()
+            with self.computing():
+                self._sync_weights()
 
     def refresh_weights(self) -> None:
-        """Forget the fused and packed weights; the next call re-reads every parameter from the model."""
-        self._layers = []
-        self._head = None
+        """Forget the fused and packed weights; the next step re-reads every parameter (:meth:`weights_changed`)."""
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """Declare that the model's weights were changed in place: the next step re-reads all of them.
+
+        Call it after every change made outside :meth:`updating_weights` (fused optimizer steps and
+        ``.data`` edits are invisible to torch's version counters).
+        """
+        with self._condition:
+            self._stale = True
+
+    @contextlib.contextmanager
+    def updating_weights(self) -> Iterator[None]:
+        """Change the weights inside this block: steps pause (after the running one), then re-read them.
+
+        Example::
+
+            with engine.updating_weights():
+                optimizer.step()
+        """
+        with self._condition:
+            self._pausers += 1
+            while self._busy:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._pausers -= 1
+                self._stale = True
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """Hold the engine for one step (a prefill, a decoding step, a scoring pass).
+
+        Steps of different callers run one at a time; a weight update in progress makes them wait, and a
+        declared change is taken in before the step starts.
+        """
+        with self._condition:
+            while self._busy or self._pausers:
+                self._condition.wait()
+            self._busy = True
+            stale, self._stale = self._stale, False
+        try:
+            if stale:
+                self.weight_versions += 1
+                self._layers = []
+                self._head = None
+                self._misc = None
+                if self.lean:
+                    self._sync_weights()
+            yield
+        finally:
+            with self._condition:
+                self._busy = False
+                self._condition.notify_all()
 
     def _layer_sources(self, layer: nn.Module) -> tuple[list[torch.Tensor], bool]:
         attn, mlp = layer.self_attn, layer.mlp
@@ -379,20 +758,21 @@ class Engine:
         if bqkv is None and any(b is not None for b in biases):
             raise ValueError("the lean forward needs all or none of q/k/v biases")
         pack = self.prepack
+        # Copies (not views) everywhere, so that a weight edited during a step cannot mix into it.
         return _LayerWeights(
             sources=sources,
             signature=_signature(sources),
             parametrized=parametrized,
             qkv=_Linear(wqkv, bqkv, prepack=pack),
-            o=_Linear(attn.o_proj.weight, attn.o_proj.bias, prepack=pack),
+            o=_Linear(attn.o_proj.weight.detach().clone(), _clone(attn.o_proj.bias), prepack=pack),
             gate_up=_Linear(w_gate_up, None, prepack=pack),
-            down=_Linear(mlp.down_proj.weight, None, prepack=pack),
-            ln_attn=layer.input_layernorm.weight.detach(),
-            ln_mlp=layer.post_attention_layernorm.weight.detach(),
+            down=_Linear(mlp.down_proj.weight.detach().clone(), None, prepack=pack),
+            ln_attn=layer.input_layernorm.weight.detach().clone(),
+            ln_mlp=layer.post_attention_layernorm.weight.detach().clone(),
         )
 
     def _sync_weights(self) -> None:
-        """Re-fuse the layers whose parameters changed since the last call (cheap when none did)."""
+        """Re-fuse the layers whose parameters changed since they were read (cheap when none did)."""
         ok, reason = lean_supported(self.model)
         if not ok:
             raise RuntimeError(
@@ -402,7 +782,11 @@ class Engine:
         head = self.model.lm_head
         head_sources = [head.weight] + ([head.bias] if head.bias is not None else [])
         if self._head is None or self._head[0] != _signature(head_sources):
-            self._head = (_signature(head_sources), _Linear(head.weight, head.bias, prepack=self.prepack))
+            weight = head.weight.detach().clone()
+            self._head = (_signature(head_sources), _Linear(weight, _clone(head.bias), prepack=self.prepack))
+        misc = [self.model.model.embed_tokens.weight, self.model.model.norm.weight]
+        if self._misc is None or self._misc[0] != _signature(misc):
+            self._misc = (_signature(misc), misc[0].detach().clone(), misc[1].detach().clone())
         layers = self.model.model.layers
         if len(self._layers) != len(layers):
             self._layers = [self._build_layer(layer) for layer in layers]
@@ -417,14 +801,17 @@ class Engine:
                 self._layers[index] = self._build_layer(layer)
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin``: ``[length, D]`` from the model's own rotary module (any RoPE scaling it implements)."""
+        """``cos, sin``: ``[length, D/2]`` from the model's own rotary module (any RoPE scaling it implements)."""
         if self._rope_cache is None or self._rope_cache[0] < length:
-            size = max(length, 256)
+            size = max(length, 256, 2 * (self._rope_cache[0] if self._rope_cache else 0))
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.model.model.rotary_emb(probe, positions)
-            self._rope_cache = (size, cos[0], sin[0])
-        return self._rope_cache[1][:length], self._rope_cache[2][:length]
+            half = cos.shape[-1] // 2
+            # HF's tables repeat the D/2 angles over both halves; testtime.nn's RoPE takes one half.
+            assert torch.equal(cos[0, :, :half], cos[0, :, half:]), "half-split RoPE tables expected"
+            self._rope_cache = (size, cos[0, :, :half], sin[0, :, :half])
+        return self._rope_cache[1], self._rope_cache[2]
 
     # ------------------------------------------------------------------ lean forward
 
@@ -432,55 +819,54 @@ class Engine:
         self,
         ids: torch.Tensor,
         positions: torch.Tensor,
-        batch: _Batch,
-        start: int,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
         *,
-        last_only: bool,
+        write: torch.Tensor | None,
+        mask: torch.Tensor,
+        num_keys: int,
+        last: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Run the decoder over ``S`` new positions per row, writing K/V at cache slots ``[start, start + S)``.
+        """Run the decoder over ``S`` new positions per row, writing their K/V into the rows' cache slots.
 
         Args:
             ids: ``[B, S]`` token ids.
             positions: ``[B, S]`` RoPE positions.
-            batch: the call's cache and masks.
-            start: the first cache slot written.
-            last_only: return hidden states of the last position only.
+            cache_k, cache_v: ``[L, B, Nk, C, D]`` the rows' slots.
+            write: None (prefill: the new positions go to columns ``[0, S)``), or ``[B]`` one column per
+                row (decoding, ``S = 1``).
+            mask: ``[B, 1, S, T]`` (or ``[B, 1, 1, T]`` when ``S = 1``) which cached keys each query sees.
+            num_keys: ``T``, the columns attended to (``[0, T)``).
+            last: ``[B]`` the position whose hidden state to return per row, or None for all positions.
 
         Returns:
-            ``[B, H]`` (``last_only``) or ``[B, S, H]`` final-normed hidden states.
+            ``[B, H]`` (``last`` given or ``S = 1``) or ``[B, S, H]`` final-normed hidden states.
         """
-        model = self.model.model
         num_rows, length = ids.shape
-        end = start + length
         nh, nk, d = self.num_heads, self.num_kv_heads, self.head_dim
         groups = nh // nk
-        x = F.embedding(ids, model.embed_tokens.weight)
-        cos = batch.rope_cos[positions].unsqueeze(1)  # [B, 1, S, D]
-        sin = batch.rope_sin[positions].unsqueeze(1)
-        valid = batch.key_valid[:, :end]
-        if length == 1:
-            mask = valid[:, None, None, :]  # [B, 1, 1, T]
-        else:
-            causal = torch.ones(length, end, dtype=torch.bool, device=ids.device).tril(diagonal=start)
-            # A padding query may see nothing valid: let every query see itself so no softmax row is empty.
-            diagonal = torch.zeros_like(causal)
-            diagonal[:, start:end] = torch.eye(length, dtype=torch.bool, device=ids.device)
-            mask = (causal[None] & valid[:, None, :]) | diagonal[None]
-            mask = mask[:, None]  # [B, 1, S, T]
+        assert self._misc is not None, "_sync_weights runs before any forward"
+        x = F.embedding(ids, self._misc[1])
+        table_cos, table_sin = self._rope_tables(int(positions.max()) + 1)
+        cos = table_cos[positions].unsqueeze(1)  # [B, 1, S, D/2]
+        sin = table_sin[positions].unsqueeze(1)
         q_size, kv_size = nh * d, nk * d
+        rows = torch.arange(num_rows, device=ids.device)
         for index, weights in enumerate(self._layers):
-            h = _rms_norm(x, weights.ln_attn, self.eps)
+            h = rms_norm(x, weights.ln_attn, eps=self.eps)
             qkv = weights.qkv(h)
             q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = q.view(num_rows, length, nh, d).transpose(1, 2)
-            k = k.view(num_rows, length, nk, d).transpose(1, 2)
+            q = apply_rope(q.view(num_rows, length, nh, d).transpose(1, 2), cos, sin)
+            k = apply_rope(k.view(num_rows, length, nk, d).transpose(1, 2), cos, sin)
             v = v.view(num_rows, length, nk, d).transpose(1, 2)
-            q = _rotate(q, cos, sin)
-            k = _rotate(k, cos, sin)
-            batch.cache_k[index, :, :, start:end] = k
-            batch.cache_v[index, :, :, start:end] = v
-            keys = batch.cache_k[index, :, :, :end]
-            values = batch.cache_v[index, :, :, :end]
+            layer_k, layer_v = cache_k[index], cache_v[index]  # [B, Nk, C, D]
+            if write is None:
+                layer_k[:, :, :length] = k
+                layer_v[:, :, :length] = v
+            else:
+                layer_k[rows, :, write] = k[:, :, 0]
+                layer_v[rows, :, write] = v[:, :, 0]
+            keys, values = layer_k[:, :, :num_keys], layer_v[:, :, :num_keys]
             if length == 1:
                 # Fold the G query heads of each KV group into the query-length axis: [B, Nk, G, D].
                 folded = q.reshape(num_rows, nk, groups, d)
@@ -492,26 +878,14 @@ class Engine:
                 )
                 out = out.transpose(1, 2).reshape(num_rows, length, nh * d)
             x = x + weights.o(out)
-            h = _rms_norm(x, weights.ln_mlp, self.eps)
+            h = rms_norm(x, weights.ln_mlp, eps=self.eps)
             gate, up = weights.gate_up(h).chunk(2, dim=-1)
             x = x + weights.down(F.silu(gate) * up)
-        if last_only:
-            x = x[:, -1]
-        return _rms_norm(x, model.norm.weight, self.eps)
-
-    def _new_batch(self, num_rows: int, max_len: int) -> _Batch:
-        config = self.model.config
-        shape = (config.num_hidden_layers, num_rows, self.num_kv_heads, max_len, self.head_dim)
-        cos, sin = self._rope_tables(max_len)
-        return _Batch(
-            # Uninitialised: a slot is read only after it was written (prefill writes every column, each
-            # step its own), so no memory is touched for the unused tail of a long max_new_tokens.
-            cache_k=torch.empty(shape, dtype=self.dtype, device=self.device),
-            cache_v=torch.empty(shape, dtype=self.dtype, device=self.device),
-            key_valid=torch.zeros(num_rows, max_len, dtype=torch.bool, device=self.device),
-            rope_cos=cos,
-            rope_sin=sin,
-        )
+        if last is not None:
+            x = x[rows, last]
+        elif length == 1:
+            x = x[:, 0]
+        return rms_norm(x, self._misc[2], eps=self.eps)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._head is not None, "_sync_weights runs before any forward"
@@ -528,23 +902,29 @@ class Engine:
         max_new_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        top_k: int = 0,
         seed: int | None = None,
         stop_token_ids: list[int] | tuple[int, ...] = (),
         stop_check: Any = None,
         return_logprobs: bool = False,
+        logprobs_scaled: bool = False,
+        top_logprobs: int = 0,
     ) -> GenerationResult:
-        """Sample continuations of a batch of token-id prompts.
+        """Sample continuations of a batch of token-id prompts (one :class:`DecodeBatch` run to the end).
 
         Args:
             prompts: one list of token ids per row (ragged; each at least one token).
             max_new_tokens: the most tokens generated per row.
             temperature: 0 for greedy decoding, else the sampling temperature.
             top_p: nucleus sampling threshold (1 keeps the whole distribution).
-            seed: seeds the sampler (None: the global torch generator).
+            top_k: keep the k most likely tokens (0 keeps all).
+            seed: row ``i`` samples with its own generator seeded ``seed + i`` (None: the global generator).
             stop_token_ids: a row stops after generating one of these (it is kept in ``tokens``).
             stop_check: optional ``(row, tokens) -> bool`` called after each new token of an unfinished row;
                 True stops the row (used for stop strings).
-            return_logprobs: also return the raw log-probability of each generated token.
+            return_logprobs: also return the log-probability of each generated token.
+            logprobs_scaled: of the temperature-scaled distribution (default: the raw one).
+            top_logprobs: also return this many most likely tokens per step.
 
         Returns:
             A :class:`GenerationResult` with rows in the order of ``prompts``.
@@ -553,138 +933,42 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        num_rows = len(prompts)
-        tokens: list[list[int]] = [[] for _ in range(num_rows)]
-        logprobs: list[list[float]] = [[] for _ in range(num_rows)]
-        reasons = ["length"] * num_rows
-        if max_new_tokens == 0:
-            return GenerationResult(tokens=tokens, logprobs=logprobs, finish_reasons=reasons)
-        stops = torch.tensor(sorted(set(stop_token_ids)) or [-1], device=self.device)
-        step = self._step_lean if self.lean else self._step_fallback
-        # Repeated prompts (n samples of one prompt) are prefilled once and their cache rows copied.
-        unique: dict[tuple[int, ...], int] = {}
-        source = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
-        distinct = [list(p) for p in unique]
-        state = (
-            self._prefill_lean(distinct, max_new_tokens) if self.lean else self._prefill_fallback(distinct)
+        stops = frozenset(int(t) for t in stop_token_ids)
+        rows = []
+        for index, prompt in enumerate(prompts):
+            generator = None
+            if seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(seed + index)
+            check = None
+            if stop_check is not None:
+                check = functools.partial(stop_check, index)
+            rows.append(
+                Row(
+                    prompt=list(prompt),
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    generator=generator,
+                    stop_token_ids=stops,
+                    stop_check=check,
+                    logprobs=return_logprobs,
+                    logprobs_scaled=logprobs_scaled,
+                    top_logprobs=top_logprobs,
+                )
+            )
+        batch = DecodeBatch(self, max_rows=len(rows))
+        with self.computing():
+            batch.admit(rows)
+        while batch.rows:
+            with self.computing():
+                batch.step()
+        return GenerationResult(
+            tokens=[r.tokens for r in rows],
+            logprobs=[r.token_logprobs for r in rows],
+            finish_reasons=[r.finish_reason or "length" for r in rows],
+            top_logprobs=[r.tops for r in rows],
         )
-        if len(distinct) < num_rows:
-            expand = torch.tensor(source, device=self.device)
-            state = self._compact(state, expand)
-            state["logits"] = state["logits"][expand]
-        rows = torch.arange(num_rows)  # original row of each batch row
-        alive = [True] * num_rows  # per batch row: still generating
-        logits = state.pop("logits")
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        for t in range(max_new_tokens):
-            next_tokens = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
-            if return_logprobs:
-                chosen = _log_softmax(logits).gather(-1, next_tokens[:, None]).squeeze(-1)
-                chosen_list = chosen.tolist()
-            hit_stop = torch.isin(next_tokens, stops).tolist()
-            token_list = next_tokens.tolist()
-            for i, row in enumerate(rows.tolist()):
-                if not alive[i]:
-                    continue
-                tokens[row].append(token_list[i])
-                if return_logprobs:
-                    logprobs[row].append(chosen_list[i])
-                if hit_stop[i] or (stop_check is not None and stop_check(row, tokens[row])):
-                    reasons[row] = "stop"
-                    alive[i] = False
-            num_alive = sum(alive)
-            if num_alive == 0 or t == max_new_tokens - 1:
-                break
-            if len(alive) - num_alive >= max(1.0, self.compact_fraction * len(alive)):
-                keep_list = [i for i, a in enumerate(alive) if a]
-                keep = torch.tensor(keep_list, device=self.device)
-                state = self._compact(state, keep)
-                rows, next_tokens, lengths = rows[keep_list], next_tokens[keep], lengths[keep]
-                alive = [True] * len(keep_list)
-            logits = step(state, next_tokens, lengths + t)
-        return GenerationResult(tokens=tokens, logprobs=logprobs, finish_reasons=reasons)
-
-    # Lean path ----------------------------------------------------------------
-
-    def _prefill_lean(self, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
-        self._sync_weights()
-        width = max(len(p) for p in prompts)
-        batch = self._new_batch(len(prompts), width + max_new_tokens)
-        ids = torch.full((len(prompts), width), 0, dtype=torch.long)
-        positions = torch.ones((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt)
-            positions[i, width - len(prompt) :] = torch.arange(len(prompt))
-            batch.key_valid[i, width - len(prompt) : width] = True
-        ids, positions = ids.to(self.device), positions.to(self.device)
-        hidden = self._forward_lean(ids, positions, batch, 0, last_only=True)
-        return {"batch": batch, "width": width, "offset": 0, "logits": self._logits(hidden)}
-
-    def _step_lean(
-        self, state: dict[str, Any], next_tokens: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        batch: _Batch = state["batch"]
-        slot = state["width"] + state["offset"]
-        batch.key_valid[:, slot] = True
-        hidden = self._forward_lean(next_tokens[:, None], positions[:, None], batch, slot, last_only=True)
-        state["offset"] += 1
-        return self._logits(hidden)
-
-    # Fallback path ---------------------------------------------------------------
-
-    def _prefill_fallback(self, prompts: list[list[int]]) -> dict[str, Any]:
-        from transformers import DynamicCache
-
-        width = max(len(p) for p in prompts)
-        pad = 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt)
-            mask[i, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **_cache_kwargs(self.model, cache),
-        )
-        return {"cache": _returned_cache(out), "mask": mask, "logits": out.logits[:, -1]}
-
-    def _step_fallback(
-        self, state: dict[str, Any], next_tokens: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        mask = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=-1)
-        out = self.model(
-            input_ids=next_tokens[:, None],
-            attention_mask=mask,
-            position_ids=positions[:, None],
-            use_cache=True,
-            **_cache_kwargs(self.model, state["cache"]),
-        )
-        state["mask"] = mask
-        state["cache"] = _returned_cache(out)
-        return out.logits[:, -1]
-
-    def _compact(self, state: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-        """Select the batch rows ``keep`` of a generation state (finished rows leave; repeats copy rows)."""
-        if "batch" in state:
-            batch: _Batch = state["batch"]
-            batch.cache_k = batch.cache_k[:, keep]
-            batch.cache_v = batch.cache_v[:, keep]
-            batch.key_valid = batch.key_valid[keep]
-        else:
-            state["mask"] = state["mask"][keep]
-            state["cache"].batch_select_indices(keep)
-        return state
-
-    # Scoring ---------------------------------------------------------------------
 
     @_with_threads
     @torch.inference_mode()
@@ -705,29 +989,52 @@ class Engine:
         sequences = [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
         width = max(len(s) for s in sequences)
         num_rows = len(sequences)
+        device = self.device
         ids = torch.zeros((num_rows, width), dtype=torch.long)
-        mask = torch.zeros((num_rows, width), dtype=torch.long)
         for i, seq in enumerate(sequences):
-            ids[i, width - len(seq) :] = torch.tensor(seq)
-            mask[i, width - len(seq) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        if self.lean:
-            self._sync_weights()
-            batch = self._new_batch(num_rows, width)
-            batch.key_valid.copy_(mask.bool())
-            hidden = self._forward_lean(ids, positions, batch, 0, last_only=False)
-            logits = self._logits(hidden)
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            ids[i, : len(seq)] = torch.tensor(seq)
+        ids = ids.to(device)
+        lengths = torch.tensor([len(s) for s in sequences], device=device)
+        valid = torch.arange(width, device=device)[None] < lengths[:, None]  # right padding
+        with self.computing():
+            if self.lean:
+                self._sync_weights()
+                config = self.model.config
+                shape = (config.num_hidden_layers, num_rows, self.num_kv_heads, width, self.head_dim)
+                cache_k = torch.empty(shape, dtype=self.dtype, device=device)
+                cache_v = torch.empty(shape, dtype=self.dtype, device=device)
+                causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+                mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+                positions = torch.arange(width, device=device).expand(num_rows, width)
+                hidden = self._forward_lean(
+                    ids,
+                    positions,
+                    cache_k,
+                    cache_v,
+                    write=None,
+                    mask=mask[:, None],
+                    num_keys=width,
+                    last=None,
+                )
+                if width == 1:
+                    hidden = hidden[:, None]
+                logits = self._logits(hidden)
+            else:
+                mask = valid.long()
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         logp = _log_softmax(logits)
         result = []
-        for i, completion in enumerate(completions):
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             if not completion:
                 result.append([])
                 continue
-            first = width - len(completion)  # column of the first completion token
-            targets = torch.tensor(completion, device=self.device)
-            picked = logp[i, first - 1 : width - 1].gather(-1, targets[:, None]).squeeze(-1)
+            first = len(prompt)  # column of the first completion token
+            targets = torch.tensor(completion, device=device)
+            picked = logp[i, first - 1 : first - 1 + len(completion)].gather(-1, targets[:, None]).squeeze(-1)
             result.append(picked.tolist())
         return result
+
+
+def _clone(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().clone()
