@@ -1,0 +1,119 @@
+"""`testtime evolve run | compare | lineage` with the fake backend; bad values are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from testtime.errors import UserError
+from testtime.evolve.cli import register
+
+
+def _invoke(*args: str):
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    return CliRunner().invoke(app, ["evolve", *args])
+
+
+def test_run_writes_a_resumable_log_and_prints_the_lineage(tmp_path):
+    args = ["run", "--task", "countdown", "--backend", "fake", "--preset", "tiny", "--max-calls", "9"]
+    first = _invoke(*args, "-o", str(tmp_path), "--no-progress")
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output.splitlines()[0])
+    assert summary["calls"] == 9 and summary["stopped"] == "budget"
+    assert "lineage:" in first.output
+    assert (tmp_path / "metrics.jsonl").exists()
+    again = _invoke(*args, "-o", str(tmp_path), "--no-progress")
+    assert "resuming" in again.output
+    assert json.loads(again.output.splitlines()[1])["cached_calls"] == 9
+    lineage = _invoke("lineage", str(tmp_path / "log.jsonl"))
+    assert lineage.exit_code == 0 and "score" in lineage.output
+
+
+def test_compare_prints_a_table_and_plots(tmp_path):
+    result = _invoke(
+        "compare", "--task", "countdown", "--backend", "fake", "--max-calls", "4", "--num-instances", "2",
+        "--seeds", "0,1", "--preset", "tiny", "--methods", "mind-evolution,best-of-n,one-pass",
+        "-o", str(tmp_path), "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| mind-evolution | 0/4" in result.output and "| one-pass |" in result.output
+    assert (tmp_path / "success_vs_budget.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 2 * 2 and all(r["calls"] <= 4 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--task", "nope"], "unknown task"),
+        (["--task", "countdown", "--backend", "zzz"], "--backend"),
+        (["--task", "countdown", "--preset", "x"], "unknown preset"),
+        (["--task", "countdown", "--set", "foo=1"], "no setting"),
+        (["--task", "countdown", "--set", "num_islands=x"], "num_islands"),
+        (["--task", "countdown", "--set", "critic"], "KEY=VALUE"),
+        (["--task", "countdown", "--max-calls", "0"], "budget"),
+        (["--task", "countdown", "--max-total-tokens", "-5"], "token budget"),
+        (["--task", "countdown", "-t", "-1"], "temperature"),
+        (["--task", "countdown", "-d", "num_numbers=zz"], "integer"),
+        (["--task", "countdown", "-d", "colour=3"], "knob"),
+        (["--task", "countdown", "--method", "foo"], "unknown method"),
+        (["--task", "countdown", "--method", "mind-evolution:bar"], "unknown ablation"),
+        (["--task", "countdown", "--set", "num_reset=9"], "num_reset"),
+        (["--task", "countdown", "--price-input", "-1"], "price"),
+        (["--task", "countdown", "--backend", "openai"], "--model"),
+        (["--task", "countdown", "--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_values_are_user_errors(tmp_path, args, words):
+    if "--backend" not in args:
+        args = [*args, "--backend", "fake"]
+    result = _invoke("run", *args, "-o", str(tmp_path), "--no-progress")
+    assert isinstance(result.exception, UserError), result.output
+    assert words in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_compare_bad_values(tmp_path):
+    for args, words in (
+        (["--seeds", "a"], "--seeds"),
+        (["--methods", "foo"], "unknown method"),
+        (["--max-calls", "0"], "--max-calls"),
+        (["--num-instances", "0"], "--num-instances"),
+    ):
+        base = [
+            "compare",
+            "--task",
+            "countdown",
+            "--backend",
+            "fake",
+            "--max-calls",
+            "3",
+            "-o",
+            str(tmp_path),
+        ]
+        result = _invoke(*base, *args)
+        assert isinstance(result.exception, UserError), result.output
+        assert words in str(result.exception)
+    missing = _invoke("lineage", str(tmp_path / "none.jsonl"))
+    assert isinstance(missing.exception, UserError)
+
+
+def test_exit_status_2_through_the_real_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "testtime", "evolve", "run", "--task", "countdown", "--backend", "zzz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--backend" in result.stderr
