@@ -9,7 +9,7 @@ from testtime.nn import CausalSelfAttention, KVCache, RotaryEmbedding, attention
 
 
 def _visible(p: int, j: int, window: int | None, num_prefix: int) -> bool:
-    return j < num_prefix or (j <= p and (window is None or p - j < window))
+    return j <= p and (j < num_prefix or window is None or p - j < window)
 
 
 def _naive_attention(q, k, v, *, window, num_prefix, q_offset):
@@ -107,3 +107,20 @@ def test_bad_attention_arguments_raise() -> None:
         CausalSelfAttention(16, 4, num_kv_heads=3)
     with pytest.raises(ValueError):
         attention_mask(2, 2, window=0)
+
+
+def test_bounded_cache_decoding_equals_the_full_forward_and_stays_small() -> None:
+    torch.manual_seed(2)
+    attn = CausalSelfAttention(16, 2, window=3).double()
+    rope = RotaryEmbedding(8).double()
+    x = torch.randn(1, 12, 16, dtype=torch.float64)
+    full = attn(x, *rope(torch.arange(12)), num_prefix=2)
+    cache = KVCache(bounded=True)
+    steps = []
+    for start, end in [(0, 4), (4, 5), (5, 9), (9, 10), (10, 12)]:
+        positions = torch.arange(start, end)
+        steps.append(attn(x[:, start:end], *rope(positions), cache=cache, num_prefix=2))
+        assert cache.positions is not None and cache.length == end
+        assert cache.k is not None and cache.k.shape[-2] <= 2 + 3 - 1 + (end - start)  # prefix + window
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    assert cache.positions.tolist()[:2] == [0, 1]  # the prefix is never dropped

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from testtime.nn import RMSNorm, SwiGLU, rms_norm, swiglu_hidden_dim
+from testtime.nn import RMSNorm, SwiGLU, rms, rms_norm, swiglu_hidden_dim
 
 
 def test_rms_norm_matches_formula_in_float64() -> None:
@@ -51,3 +51,14 @@ def test_swiglu_hidden_dim_rounds_up() -> None:
     assert swiglu_hidden_dim(768) == 2048  # 8/3 * 768 = 2048 exactly
     assert swiglu_hidden_dim(100, multiple_of=32) == 288  # 266 -> 288
     assert swiglu_hidden_dim(64, multiple_of=1) == 170
+
+
+def test_rms_norm_cast_order_and_scale() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    w = torch.randn(16, dtype=torch.bfloat16)
+    ref = x.float() * (x.float().pow(2).mean(-1, keepdim=True) + 1e-6).rsqrt()
+    assert torch.equal(rms_norm(x, w, eps=1e-6, cast_before_gain=True), w * ref.to(torch.bfloat16))
+    assert torch.equal(rms_norm(x, w, eps=1e-6), (ref * w.float()).to(torch.bfloat16))
+    y = torch.randn(4, 8, dtype=torch.float64)
+    torch.testing.assert_close(rms(y, eps=0.0), y.pow(2).mean(-1, keepdim=True).sqrt())

@@ -137,3 +137,23 @@ def test_ablation_flags_set_the_fields():
     assert cfg.memory.weight_decay and cfg.num_persistent == 0
     with pytest.raises(ValueError):
         TitansConfig.tiny("mag", ablations=["no_attention"])
+
+
+@pytest.mark.parametrize("variant", ["mag", "transformer"])
+def test_checkpoints_with_the_old_fused_attention_keys_load(variant):
+    """Checkpoints written before the attention became testtime.nn's (fused qkv, baseline without `block`)."""
+    torch.manual_seed(0)
+    model = TitansLM(TitansConfig.tiny(variant=variant)).eval()
+    old = {}
+    for key, value in model.state_dict().items():
+        key = key.replace(".block.attn_norm.", ".norm_mix.").replace(".block.mlp_norm.", ".norm_mlp.")
+        key = key.replace(".block.", ".").replace(".attn.o_proj.", ".attn.out.")
+        old[key] = value
+    for index in range(len(model.blocks)):
+        parts = [old.pop(f"blocks.{index}.attn.{p}_proj.weight") for p in "qkv"]
+        old[f"blocks.{index}.attn.qkv.weight"] = torch.cat(parts)
+    fresh = TitansLM(TitansConfig.tiny(variant=variant)).eval()
+    fresh.load_state_dict(old)
+    ids = torch.randint(0, 64, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)

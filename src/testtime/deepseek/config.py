@@ -10,9 +10,10 @@ Defaults are the paper's (Section 4.2, "Model Hyper-Parameters" and "Training Hy
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from testtime.nn.rope import yarn_mscale  # re-exported: DeepSeek's softmax-scale correction
 
 __all__ = ["DeepSeekV3Config", "yarn_mscale"]
 
@@ -63,21 +64,6 @@ _OWN_FIELDS = (
     "mtp_weight_switch_step",
     "fp8",
 )
-
-
-def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    """YaRN's attention temperature factor as DeepSeek computes it: ``0.1 * mscale * ln(scale) + 1``.
-
-    Args:
-        scale: the context extension factor s (40 for DeepSeek-V3).
-        mscale: DeepSeek's multiplier on ln(s) (``mscale`` / ``mscale_all_dim`` in the config).
-
-    Returns:
-        1 when ``scale <= 1``, else the factor.
-    """
-    if scale <= 1:
-        return 1.0
-    return 0.1 * mscale * math.log(scale) + 1.0
 
 
 @dataclass(kw_only=True)

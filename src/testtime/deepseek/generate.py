@@ -1,5 +1,6 @@
 """Decoding with the latent cache: a prefill through the expanded MLA path, then one token per step through
-the absorbed path (W^UK folded into the query, attention straight over the cached latents).
+the absorbed path (W^UK folded into the query, attention straight over the cached latents). Tokens are
+drawn by :func:`testtime.nn.sampling.sample_next`, the package's one sampler.
 
 Shape legend: ``b`` batch, ``s`` prompt length, ``n`` new tokens.
 """
@@ -9,29 +10,9 @@ from __future__ import annotations
 import torch
 
 from testtime.deepseek.model import DeepSeekV3ForCausalLM
+from testtime.nn.sampling import sample_next  # the package's one sampler (re-exported)
 
 __all__ = ["generate", "sample_next"]
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token from ``(b, V)`` logits: argmax at temperature 0, else sample (optionally top-k).
-
-    Returns:
-        ``(b,)`` token ids.
-    """
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -42,6 +23,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -53,6 +35,7 @@ def generate(
         max_new_tokens: n.
         temperature: 0 for greedy decoding.
         top_k: sample among the k most likely tokens.
+        top_p: sample from the nucleus of this probability mass (1: all).
         eos_token_id: stop once every sequence has produced it (later positions repeat it).
         generator: random generator for sampling.
 
@@ -66,7 +49,7 @@ def generate(
     tokens = [input_ids]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator)
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if eos_token_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id

@@ -18,8 +18,7 @@ Shape legend: ``b`` batch, ``s`` new positions (queries), ``t`` all positions (k
 ``e`` = c + r (a cache row), ``D`` model width.
 
 Deviations: the two latent RMSNorms use eps 1e-6 whatever ``rms_norm_eps`` says, as transformers and the
-reference code do; the rope dimensions are rotated into half-split layout (a fixed permutation of q^R and
-k^R alike, so scores are unchanged).
+reference code do.
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ from einops import rearrange
 from torch import nn
 
 from testtime.deepseek.config import DeepSeekV3Config
-from testtime.deepseek.layers import RMSNorm, apply_rope, make_linear
+from testtime.deepseek.layers import make_linear, norm
+from testtime.nn import apply_rope
 
 __all__ = ["MLA", "AttentionMode", "MLACache", "absorbed_attention", "expanded_attention"]
 
@@ -214,12 +214,12 @@ class MLA(nn.Module):
             self.q_proj = make_linear(dim, q_width, fp8=fp8)
         else:
             self.q_a_proj = make_linear(dim, self.q_rank, bias=bias, fp8=fp8)  # W^DQ (eq. 6)
-            self.q_a_layernorm = RMSNorm(self.q_rank)
+            self.q_a_layernorm = norm(self.q_rank)
             self.q_b_proj = make_linear(self.q_rank, q_width, fp8=fp8)  # [W^UQ ; W^QR] (eqs. 7, 8)
         self.kv_a_proj_with_mqa = make_linear(
             dim, self.kv_rank + self.rope_dim, bias=bias, fp8=fp8
         )  # [W^DKV ; W^KR]
-        self.kv_a_layernorm = RMSNorm(self.kv_rank)
+        self.kv_a_layernorm = norm(self.kv_rank)
         self.kv_b_proj = make_linear(self.kv_rank, self.num_heads * (self.nope_dim + self.v_dim), fp8=fp8)
         self.o_proj = make_linear(self.num_heads * self.v_dim, dim, bias=bias, fp8=fp8)  # W^O (eq. 11)
 
@@ -242,9 +242,9 @@ class MLA(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = rearrange(q, "b s (h f) -> b s h f", h=self.num_heads)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin, interleave=self.rope_interleave)
+        q_rope = apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), interleaved=self.rope_interleave)
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
-        k_rope = apply_rope(k_rope, cos, sin, interleave=self.rope_interleave)
+        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleave)
         rows = torch.cat((self.kv_a_layernorm(latent), k_rope), dim=-1)
         return q_nope, q_rope, rows
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from testtime.deepseek.config import DeepSeekV3Config
-from testtime.deepseek.layers import MLP, RMSNorm, RotaryEmbedding, make_linear
+from testtime.deepseek.layers import MLP, RMSNorm, make_linear, norm, rotary_embedding
 from testtime.deepseek.mla import MLA, AttentionMode, MLACache
 from testtime.deepseek.moe import MoE
 
@@ -52,9 +52,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: DeepSeekV3Config, layer_index: int) -> None:
         super().__init__()
         self.layer_index = layer_index
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps)
         self.self_attn = MLA(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp: MoE | MLP = (
             MoE(config)
             if config.is_moe_layer(layer_index)
@@ -81,7 +81,7 @@ class SharedHead(nn.Module):
 
     def __init__(self, config: DeepSeekV3Config) -> None:
         super().__init__()
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = norm(config.hidden_size, eps=config.rms_norm_eps)
 
 
 class MTPModule(DecoderLayer):
@@ -98,8 +98,8 @@ class MTPModule(DecoderLayer):
 
     def __init__(self, config: DeepSeekV3Config, layer_index: int) -> None:
         super().__init__(config, layer_index)
-        self.enorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.hnorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.enorm = norm(config.hidden_size, eps=config.rms_norm_eps)
+        self.hnorm = norm(config.hidden_size, eps=config.rms_norm_eps)
         self.eh_proj = make_linear(2 * config.hidden_size, config.hidden_size, fp8=config.fp8)  # M_k
         self.shared_head = SharedHead(config)
 
@@ -170,8 +170,8 @@ class DeepSeekV3Model(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary = RotaryEmbedding(
+        self.norm = norm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary = rotary_embedding(
             config.qk_rope_head_dim, theta=config.rope_theta, rope_scaling=config.rope_scaling
         )
 

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,13 +37,17 @@ class SwiGLU(nn.Module):
         dim: input and output width.
         hidden_dim: width of the gated hidden layer.
         bias: whether the three projections have biases (Llama and DeepSeek-V3: no).
+        linear: builds each projection as ``linear(in_features, out_features, bias=bias)``, e.g. an
+            ``nn.Linear`` subclass that simulates low-precision matrix products.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, *, bias: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, *, bias: bool = False, linear: Callable[..., nn.Linear] = nn.Linear
+    ) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
+        self.gate_proj = linear(dim, hidden_dim, bias=bias)
+        self.up_proj = linear(dim, hidden_dim, bias=bias)
+        self.down_proj = linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., dim) -> (..., dim)``."""

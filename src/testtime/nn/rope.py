@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ __all__ = [
     "apply_rope",
     "rope_cos_sin",
     "rope_inv_freq",
+    "yarn_from_rope_scaling",
     "yarn_mscale",
 ]
 
@@ -75,6 +77,24 @@ class YarnConfig:
             raise ValueError("YaRN original_max_position_embeddings must be positive")
         if self.beta_fast <= self.beta_slow:
             raise ValueError(f"YaRN needs beta_fast > beta_slow, got {self.beta_fast} <= {self.beta_slow}")
+
+
+def yarn_from_rope_scaling(rope_scaling: dict[str, Any] | None) -> YarnConfig | None:
+    """A :class:`YarnConfig` from a Hugging Face / DeepSeek ``rope_scaling`` dictionary (None: plain RoPE).
+
+    Missing or null ``beta_fast`` / ``beta_slow`` take YaRN's defaults (32, 1).
+    """
+    if rope_scaling is None:
+        return None
+    return YarnConfig(
+        factor=float(rope_scaling["factor"]),
+        original_max_position_embeddings=int(rope_scaling["original_max_position_embeddings"]),
+        beta_fast=float(rope_scaling.get("beta_fast") or 32.0),
+        beta_slow=float(rope_scaling.get("beta_slow") or 1.0),
+        mscale=rope_scaling.get("mscale"),
+        mscale_all_dim=rope_scaling.get("mscale_all_dim"),
+        attention_factor=rope_scaling.get("attention_factor"),
+    )
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -194,9 +214,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.dim, self.theta, self.yarn, self.interleaved = dim, theta, yarn, interleaved
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``positions (t,) or (b, t) -> cos, sin (*positions.shape, d/2)``."""
-        return rope_cos_sin(positions, self.inv_freq, attention_factor=self.attention_factor)
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions (t,) or (b, t) -> cos, sin (*positions.shape, d/2)``, cast to ``dtype`` if given."""
+        cos, sin = rope_cos_sin(positions, self.inv_freq, attention_factor=self.attention_factor)
+        if dtype is not None:
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos, sin
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """:func:`apply_rope` with this module's layout; ``x (..., t, d)``."""

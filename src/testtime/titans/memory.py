@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from testtime.nn import rms, rms_norm
 from testtime.titans.config import MemoryConfig
 
 __all__ = [
@@ -161,8 +162,11 @@ def chunk_coefficients(
 
 
 def rms_normalize(z: Tensor) -> tuple[Tensor, Tensor]:
-    """z / r with r = sqrt(mean(z^2) + eps) over the last axis; returns (z / r, r)."""
-    r = torch.sqrt(z.square().mean(dim=-1, keepdim=True) + 1e-6)
+    """z / r with r = sqrt(mean(z^2) + eps) over the last axis (:func:`testtime.nn.rms`); returns (z / r, r).
+
+    The scale r is returned because the analytic inner backward needs it.
+    """
+    r = rms(z, eps=1e-6)
     return z / r, r
 
 
@@ -732,7 +736,7 @@ class NeuralMemory(nn.Module):
         """Output normalisation, gating and projection (§4.4); y (b*h, n, d), x (b, n, dim)."""
         y = rearrange(y, "(b h) n d -> b n h d", h=self.config.num_heads)
         if self.out_norm_weight is not None:
-            y = F.rms_norm(y, (y.shape[-1],)) * self.out_norm_weight
+            y = rms_norm(y, self.out_norm_weight, eps=torch.finfo(y.dtype).eps)
         y = rearrange(y, "b n h d -> b n (h d)")
         if self.to_gate_out is not None:
             y = y * F.silu(self.to_gate_out(x))

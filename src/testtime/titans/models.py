@@ -15,7 +15,7 @@ Every block is pre-norm with residual connections and a SwiGLU feed-forward subl
 "normalize ... using learnable vector-valued weights, followed by a non-linearity").
 
 Persistent memory (§3.3): for MAG / MAL / LMM / transformer, N_p learned tokens are prepended to the input
-(eqs. 26, 29) and always visible to attention; for MAC each layer prepends its own N_p tokens to every
+(eqs. 26, 29) and never hidden by the attention window; for MAC each layer prepends its own N_p tokens to every
 segment's attention (eq. 22).
 
 Deviations and open choices (also in docs/fidelity/titans.md):
@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from testtime.nn import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
+from testtime.nn import CausalSelfAttention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock
+from testtime.nn.sampling import sample_next
 from testtime.titans.config import TitansConfig
 from testtime.titans.memory import MemoryState, NeuralMemory
 
@@ -49,69 +49,9 @@ __all__ = ["TitansLM", "TitansState"]
 
 
 # ------------------------------------------------------------------------------------------ attention
-
-
-@dataclass
-class AttnCache:
-    """Keys / values kept for attention: an always-visible prefix and the last ``window`` positions."""
-
-    k: Tensor | None = None  # b h t d
-    v: Tensor | None = None
-    pos: Tensor | None = None  # t, absolute positions (-1 marks always-visible prefix keys)
-
-
-class WindowAttention(nn.Module):
-    """Causal sliding-window attention with an always-visible prefix (SWA* of eqs. 26 and 30).
-
-    Args:
-        dim: model width; num_heads: heads; window: keys a query sees (itself included), None = all.
-        rope_base: rotary base.
-    """
-
-    def __init__(self, dim: int, num_heads: int, *, window: int | None, rope_base: float) -> None:
-        super().__init__()
-        self.num_heads, self.window = num_heads, window
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-        self.rope = RotaryEmbedding(self.head_dim, theta=rope_base)
-
-    def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (b, h, n, d) with RoPE at ``positions`` (n,)."""
-        q, k, v = rearrange(self.qkv(x), "b n (k h d) -> k b h n d", k=3, h=self.num_heads)
-        cos, sin = self.rope(positions)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """Softmax attention with a boolean mask (n_q, n_k) -> (b, n_q, D)."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(rearrange(out, "b h n d -> b n (h d)"))
-
-    def forward(
-        self, x: Tensor, positions: Tensor, cache: AttnCache, num_prefix: int
-    ) -> tuple[Tensor, AttnCache]:
-        """Attend from x (b, n, D) at absolute ``positions`` over the cache and itself.
-
-        Positions below ``num_prefix`` are the persistent prefix and stay visible to every later query.
-        """
-        q, k, v = self.project(x, positions)
-        key_pos = positions
-        if cache.k is not None:
-            assert cache.v is not None and cache.pos is not None
-            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            key_pos = torch.cat([cache.pos, key_pos])
-        qp, kp = positions[:, None], key_pos[None, :]
-        mask = kp <= qp
-        if self.window is not None:
-            mask = mask & ((kp < num_prefix) | (qp - kp < self.window))
-        out = self.attend(q, k, v, mask)
-        keep = key_pos < num_prefix
-        keep = (
-            keep | (key_pos > positions[-1] - self.window)
-            if self.window is not None
-            else torch.ones_like(keep)
-        )
-        return out, AttnCache(k=k[:, :, keep], v=v[:, :, keep], pos=key_pos[keep])
+# The sliding-window attention with an always-visible prefix (SWA* of eqs. 26 and 30) and the Transformer++
+# block are testtime.nn's: CausalSelfAttention over a bounded KVCache (the prefix and the last `window`
+# positions), and TransformerBlock for the baseline.
 
 
 def _gate(a: Tensor, b: Tensor, norm_a: RMSNorm, norm_b: RMSNorm) -> Tensor:
@@ -127,7 +67,7 @@ class BlockState:
     """Per-block streaming state."""
 
     memory: MemoryState | None = None
-    attn: AttnCache = field(default_factory=AttnCache)
+    attn: KVCache = field(default_factory=lambda: KVCache(bounded=True))
     # MAC only: the memory weights at the segment start, the read path's conv cache, and the current
     # segment's attention keys / values.
     segment_weights: list[Tensor] | None = None
@@ -141,16 +81,21 @@ class TitansBlock(nn.Module):
         super().__init__()
         cfg = self.config = config
         self.variant = cfg.variant
+        self.rope = RotaryEmbedding(cfg.dim // cfg.num_attn_heads, theta=cfg.rope_base)
+        if cfg.variant == "transformer":  # the Transformer++ baseline with the same window
+            self.block = TransformerBlock(
+                cfg.dim, cfg.num_attn_heads, mlp_hidden_dim=int(cfg.mlp_ratio * cfg.dim), window=cfg.window
+            )
+            self.memory = None
+            return
         self.norm_mix = RMSNorm(cfg.dim)
         self.norm_mlp = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, int(cfg.mlp_ratio * cfg.dim))
-        self.memory = NeuralMemory(cfg.memory) if cfg.variant != "transformer" else None
-        if cfg.variant in ("mag", "mal", "transformer"):
-            self.attn = WindowAttention(
-                cfg.dim, cfg.num_attn_heads, window=cfg.window, rope_base=cfg.rope_base
-            )
+        self.memory = NeuralMemory(cfg.memory)
+        if cfg.variant in ("mag", "mal"):
+            self.attn = CausalSelfAttention(cfg.dim, cfg.num_attn_heads, window=cfg.window)
         elif cfg.variant == "mac":
-            self.attn = WindowAttention(cfg.dim, cfg.num_attn_heads, window=None, rope_base=cfg.rope_base)
+            self.attn = CausalSelfAttention(cfg.dim, cfg.num_attn_heads, window=None)
             self.persistent = nn.Parameter(torch.randn(cfg.num_persistent, cfg.dim) * 0.02)
         if cfg.variant == "mal":
             self.norm_attn = RMSNorm(cfg.dim)
@@ -172,29 +117,27 @@ class TitansBlock(nn.Module):
         """x (b, n, D) at absolute positions (n,) -> (b, n, D), continuing ``state``."""
         if self.variant == "mac":
             x, state = self._mac(x, positions, state)
-        else:
-            h = self.norm_mix(x)
-            mem_state, cache = state.memory, state.attn
-            if self.variant == "lmm":
-                assert self.memory is not None
-                m, mem_state = self.memory(h, mem_state)
-                x = x + m
-            elif self.variant == "transformer":
-                a, cache = self.attn(h, positions, cache, num_prefix)
-                x = x + a
-            elif self.variant == "mal":
-                assert self.memory is not None
-                m, mem_state = self.memory(h, mem_state)
-                x = x + m
-                a, cache = self.attn(self.norm_attn(x), positions, cache, num_prefix)
-                x = x + a
-            else:  # mag
-                assert self.memory is not None
-                a, cache = self.attn(h, positions, cache, num_prefix)
-                m, mem_state = self.memory(h, mem_state)
-                x = x + _gate(a, m, self.gate_norm_a, self.gate_norm_b)
-            state = BlockState(memory=mem_state, attn=cache)
-        return x + self.mlp(self.norm_mlp(x)), state
+            return x + self.mlp(self.norm_mlp(x)), state
+        cos, sin = self.rope(positions)
+        cache = state.attn.copy()  # states are values: the caller's stays as it was
+        attend = {"cache": cache, "num_prefix": num_prefix, "positions": positions}
+        if self.variant == "transformer":
+            return self.block(x, cos, sin, **attend), BlockState(attn=cache)
+        assert self.memory is not None
+        h = self.norm_mix(x)
+        mem_state = state.memory
+        if self.variant == "lmm":
+            m, mem_state = self.memory(h, mem_state)
+            x = x + m
+        elif self.variant == "mal":
+            m, mem_state = self.memory(h, mem_state)  # eq. 29-30: y = M(x~), the memory layer first
+            x = x + m
+            x = x + self.attn(self.norm_attn(x), cos, sin, **attend)  # eq. 30-31: o = SW-Attn(y)
+        else:  # mag
+            a = self.attn(h, cos, sin, **attend)  # eq. 27: y = SW-Attn*(x~), x~ = [p || x] (eq. 26)
+            m, mem_state = self.memory(h, mem_state)  # M(x~)
+            x = x + _gate(a, m, self.gate_norm_a, self.gate_norm_b)  # eq. 28: o = y (x) M(x~)
+        return x + self.mlp(self.norm_mlp(x)), BlockState(memory=mem_state, attn=cache)
 
     def _mac(self, x: Tensor, positions: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
         """Memory as a context (eqs. 21-25), segment by segment; x may start or end inside a segment."""
@@ -209,7 +152,7 @@ class TitansBlock(nn.Module):
             if seg_off == 0:  # a new segment: snapshot the memory, drop the previous segment's keys
                 assert state.memory is not None and not state.memory.pending
                 state = BlockState(
-                    memory=state.memory, attn=AttnCache(), segment_weights=state.memory.weights,
+                    memory=state.memory, attn=KVCache(), segment_weights=state.memory.weights,
                     read_conv=state.read_conv,
                 )  # fmt: skip
             end = min(n, start + w - seg_off)
@@ -225,28 +168,24 @@ class TitansBlock(nn.Module):
         xn = self.norm_mix(x)
         h, read_conv = self.memory.read(xn, state.segment_weights, state.read_conv)  # eq. 21
         local = torch.arange(seg_off, seg_off + n, device=x.device) + num_p
-        q, kx, vx = self.attn.project(xn, local)
-        _, kh, vh = self.attn.project(h, local)
-        cache = state.attn
-        if cache.k is None:  # segment start: the persistent tokens' keys (eq. 22)
+        cos, sin = self.rope(local)
+        q, kx, vx = self.attn.project(xn, cos, sin)
+        _, kh, vh = self.attn.project(h, cos, sin)
+        cache = state.attn.copy()
+        if cache.k is None:  # segment start: the persistent tokens' keys at positions 0..N_p-1 (eq. 22)
             p = self.persistent[None].expand(x.shape[0], -1, -1)
-            _, kp, vp = self.attn.project(p, torch.arange(num_p, device=x.device))
-            prev_k, prev_v = kp, vp
-            prev_pos = torch.full((num_p,), -1, device=x.device)
-        else:
-            assert cache.v is not None and cache.pos is not None
-            prev_k, prev_v, prev_pos = cache.k, cache.v, cache.pos
-        # keys: [persistent, earlier h and x of this segment, new h, new x]; pos -1 = persistent
-        k = torch.cat([prev_k, kh, kx], dim=2)
-        v = torch.cat([prev_v, vh, vx], dim=2)
-        key_pos = torch.cat([prev_pos, local, local])
-        qp, kp = local[:, None], key_pos[None, :]
-        mask = (kp == -1) | (kp <= qp)
-        y = self.attn.attend(q, k, v, mask)  # eq. 23
+            prefix = torch.arange(num_p, device=x.device)
+            _, kp, vp = self.attn.project(p, *self.rope(prefix))
+            cache.update(kp, vp, positions=prefix)
+        # keys: [persistent, earlier h and x of this segment, new h, new x]; h_j and x_j share position N_p + j
+        k, v = cache.update(torch.cat([kh, kx], dim=2), torch.cat([vh, vx], dim=2), positions=local.repeat(2))
+        y = self.attn.attend(  # eq. 23: causal over h too (x_t sees h_j for j <= t), persistent always
+            q, k, v, num_prefix=num_p, q_positions=local, key_positions=cache.positions
+        )
         m, mem_state = self.memory(y, state.memory)  # eq. 24 (store y), then read M*_t(y_t)
         o = _gate(y, m, self.gate_norm_a, self.gate_norm_b)  # eq. 25
         new = BlockState(
-            memory=mem_state, attn=AttnCache(k=k, v=v, pos=key_pos), segment_weights=state.segment_weights,
+            memory=mem_state, attn=cache, segment_weights=state.segment_weights,
             read_conv=read_conv,
         )  # fmt: skip
         return x + o, new
@@ -268,8 +207,8 @@ class TitansState:
         for i, blk in enumerate(self.blocks):
             if blk.memory is not None:
                 out.update({f"{i}.memory.{k}": t for k, t in blk.memory.tensors().items()})
-            for name in ("k", "v", "pos"):
-                t = getattr(blk.attn, name)
+            for name, attr in (("k", "k"), ("v", "v"), ("pos", "positions")):
+                t = getattr(blk.attn, attr)
                 if t is not None:
                     out[f"{i}.attn.{name}"] = t
             if blk.segment_weights is not None:
@@ -290,12 +229,52 @@ class TitansState:
             blocks.append(
                 BlockState(
                     memory=MemoryState.from_tensors(mem) if mem else None,
-                    attn=AttnCache(k=mine.get("attn.k"), v=mine.get("attn.v"), pos=mine.get("attn.pos")),
+                    attn=_cache(mine.get("attn.k"), mine.get("attn.v"), mine.get("attn.pos")),
                     segment_weights=[mine[k] for k in seg] or None,
                     read_conv=mine.get("read_conv"),
                 )
             )
         return cls(blocks=blocks, position=int(tensors["position"]))
+
+
+def _cache(k: Tensor | None, v: Tensor | None, positions: Tensor | None) -> KVCache:
+    """A bounded attention cache holding saved keys, values and their positions."""
+    cache = KVCache(bounded=True)
+    cache.k, cache.v, cache.positions = k, v, positions
+    cache.length = 0 if positions is None else int(positions.max()) + 1
+    return cache
+
+
+def _upgrade_state_dict(state_dict: dict[str, Tensor], prefix: str, variant: str) -> None:
+    """Rename the keys of checkpoints written before the attention became testtime.nn's (in place).
+
+    Old blocks had a fused ``attn.qkv`` projection and ``attn.out``; the baseline's sublayers sat directly
+    in the block (``norm_mix``, ``attn``, ``norm_mlp``, ``mlp``) instead of in ``block``.
+    """
+    for key in [k for k in state_dict if k.startswith(prefix + "blocks.")]:
+        head, _, rest = key[len(prefix) :].partition(".")
+        index, _, name = rest.partition(".")
+        base = f"{prefix}{head}.{index}."
+        if variant == "transformer":
+            for old, new in (
+                ("norm_mix.", "attn_norm."),
+                ("norm_mlp.", "mlp_norm."),
+                ("attn.", "attn."),
+                ("mlp.", "mlp."),
+            ):
+                if name.startswith(old):
+                    name = "block." + new + name[len(old) :]
+                    break
+        attn = "block.attn." if variant == "transformer" else "attn."
+        if name == attn + "qkv.weight":
+            q, k, v = state_dict.pop(key).chunk(3, dim=0)
+            for part, value in (("q", q), ("k", k), ("v", v)):
+                state_dict[f"{base}{attn}{part}_proj.weight"] = value
+            continue
+        if name == attn + "out.weight":
+            name = attn + "o_proj.weight"
+        if base + name != key:
+            state_dict[base + name] = state_dict.pop(key)
 
 
 class TitansLM(nn.Module):
@@ -326,6 +305,9 @@ class TitansLM(nn.Module):
         self.num_prefix = cfg.num_persistent if cfg.variant != "mac" else 0
         self.persistent = (
             nn.Parameter(torch.randn(self.num_prefix, cfg.dim) * 0.02) if self.num_prefix else None
+        )
+        self.register_load_state_dict_pre_hook(
+            lambda module, state_dict, prefix, *args: _upgrade_state_dict(state_dict, prefix, cfg.variant)
         )
 
     def fsdp_modules(self) -> list[nn.Module]:
@@ -399,11 +381,7 @@ class TitansLM(nn.Module):
         logits, state = self.step(input_ids, state)
         out = []
         for index in range(max_new_tokens):
-            last = logits[:, -1]
-            if temperature > 0:
-                nxt = torch.multinomial(torch.softmax(last / temperature, dim=-1), 1)
-            else:
-                nxt = last.argmax(-1, keepdim=True)
+            nxt = sample_next(logits[:, -1], temperature=temperature)[:, None]
             out.append(nxt)
             if index + 1 < max_new_tokens:
                 logits, state = self.step(nxt, state)

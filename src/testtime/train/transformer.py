@@ -1,8 +1,8 @@
 """The Transformer++ baseline: a Llama-style decoder (RoPE, SwiGLU, RMSNorm, pre-norm), optionally windowed.
 
 "Transformer++" is the name the Titans paper (and Mamba before it) gives this recipe; it is the comparison
-point for the Titans and DeepSeek-V3 experiments. Blocks are ``x + attn(norm(x))`` then
-``x + mlp(norm(x))``; the input embedding and the output head are tied by default, as in GPT-2 and nanoGPT.
+point for the Titans and DeepSeek-V3 experiments. Blocks are :class:`testtime.nn.TransformerBlock`
+(``x + attn(norm(x))`` then ``x + mlp(norm(x))``, the same block as Titans' sliding-window baseline); the input embedding and the output head are tied by default, as in GPT-2 and nanoGPT.
 Weights start from N(0, 0.02), with the two residual output projections per block scaled down by
 ``1/sqrt(2 * num_layers)`` (GPT-2's initialisation).
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from testtime.nn import CausalSelfAttention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, swiglu_hidden_dim
+from testtime.nn import KVCache, RMSNorm, RotaryEmbedding, TransformerBlock
 from testtime.train.registry import LMOutput, register_model
 
 __all__ = ["Transformer", "TransformerBlock", "TransformerConfig"]
@@ -71,31 +71,6 @@ class TransformerConfig:
         return cls(dim=768, num_layers=12, num_heads=12, max_seq_len=2048)
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
-
-    Args:
-        config: the model config.
-    """
-
-    def __init__(self, config: TransformerConfig) -> None:
-        super().__init__()
-        hidden = config.mlp_hidden_dim or swiglu_hidden_dim(config.dim)
-        self.attn_norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.attn = CausalSelfAttention(
-            config.dim, config.num_heads, num_kv_heads=config.num_kv_heads, window=config.window
-        )
-        self.mlp_norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.mlp = SwiGLU(config.dim, hidden)
-
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, cache: KVCache | None = None
-    ) -> torch.Tensor:
-        """``(n, t, D) -> (n, t, D)``; ``cos, sin (t, D/heads/2)``."""
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache=cache)
-        return x + self.mlp(self.mlp_norm(x))
-
-
 class Transformer(nn.Module):
     """The Transformer++ language model.
 
@@ -110,7 +85,17 @@ class Transformer(nn.Module):
         self.max_seq_len = config.max_seq_len
         self.embed = nn.Embedding(vocab_size, config.dim)
         self.rope = RotaryEmbedding(config.dim // config.num_heads, theta=config.rope_theta)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                config.dim,
+                config.num_heads,
+                num_kv_heads=config.num_kv_heads,
+                mlp_hidden_dim=config.mlp_hidden_dim,
+                window=config.window,
+                norm_eps=config.norm_eps,
+            )
+            for _ in range(config.num_layers)
+        )
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
         self.reset_parameters()
