@@ -107,7 +107,7 @@ def test_trip_feedback_is_specific() -> None:
     missing = task.verify(instance, json.dumps(plan[:-1]))
     assert f"{plan[-1]['city']} is missing" in missing.feedback
     fake = task.verify(instance, json.dumps([{"city": "Atlantis", "days": "1-3"}]))
-    assert "Atlantis" in fake.feedback and 0.0 <= fake.score < 1.0
+    assert "Atlantis" in fake.feedback and fake.score == 0.0  # no city of the problem planned
     instance, no_flight = next(
         (inst, (a, b))
         for inst in task.instances(seed=0, n=20)
@@ -119,11 +119,30 @@ def test_trip_feedback_is_specific() -> None:
 
 
 # -- calendar scheduling ----------------------------------------------------------------------------------
+def _earliest_by_minutes(data: dict) -> tuple[str, int] | None:
+    """The earliest free slot on the 30-minute grid from a minute-by-minute occupancy map built from the raw
+    busy and preference blocks (independent of the module's conflict helper)."""
+    for day in data["days"]:
+        taken = [False] * (24 * 60)
+        for person in data["people"]:
+            for block in person["busy"] + person["avoid"]:
+                if block["day"] == day:
+                    for minute in range(block["start"], block["end"]):
+                        taken[minute] = True
+        for start in range(data["work_start"], data["work_end"] - data["duration"] + 1, 30):
+            if not any(taken[start : start + data["duration"]]):
+                return day, start
+    return None
+
+
 @pytest.mark.parametrize("knobs", [{}, {"num_people": 5, "num_days": 3}, {"num_people": 1}])
 def test_calendar_reference_is_the_earliest_valid_slot(knobs: dict[str, int]) -> None:
     task = get_task("calendar-scheduling")
     for instance in task.instances(seed=5, n=8, **knobs):
         data = instance.data
+        day, start = _earliest_by_minutes(data)
+        assert (data["earliest"]["day"], data["earliest"]["start"]) == (day, start)
+        assert instance.reference.endswith(f"{day}, {_hhmm(start)} - {_hhmm(start + data['duration'])}")
         assert task.verify(instance, instance.reference).solved
         valid = []
         for day in data["days"]:
@@ -144,4 +163,63 @@ def test_calendar_feedback_names_conflicts() -> None:
     verdict = task.verify(instance, answer)
     assert not verdict.solved and f"{person['name']} is busy on {block['day']}" in verdict.feedback
     assert "must last" in task.verify(instance, "Monday, 09:00 - 09:10").feedback
-    assert "not Sunday" not in task.verify(instance, "Sunday, 09:00 - 10:00").feedback  # no slot found at all
+    sunday = task.verify(instance, "Sunday, 09:00 - 10:00")  # not one of the five weekdays the parser reads
+    assert sunday.score == 0.0 and sunday.feedback.startswith("No slot found")
+
+
+def test_meeting_plans_must_state_true_times() -> None:
+    task = get_task("meeting-planning")
+    instance = next(
+        i
+        for i in task.instances(seed=1, n=30, num_people=1)
+        if i.data["optimum"] == 1 and "You wait until" in i.reference
+    )
+    data, reference = instance.data, instance.reference
+    friend = data["friends"][0]
+    travel = data["travel"][data["start_location"]][friend["location"]]
+    arrive, begin, end = 540 + travel, friend["start"], friend["start"] + friend["duration"]
+    assert task.verify(instance, reference).solved
+    wrong_arrival = reference.replace(
+        f"arrive at {format_clock(arrive)}", f"arrive at {format_clock(arrive + 5)}"
+    )
+    verdict = task.verify(instance, wrong_arrival)
+    assert not verdict.solved and f"not {format_clock(arrive + 5)}" in verdict.feedback
+    # meeting before the friend is there (and, without the wait, before you arrive when that is later)
+    early = reference.replace(f"You wait until {format_clock(begin)}. ", "").replace(
+        f"from {format_clock(begin)} to {format_clock(end)}",
+        f"from {format_clock(begin - 15)} to {format_clock(end - 15)}",
+    )
+    verdict = task.verify(instance, early)
+    assert not verdict.solved and verdict.details["meetings"] == 0
+    assert f"only available from {format_clock(begin)}" in verdict.feedback
+    during_travel = reference.replace(
+        f"from {format_clock(begin)} to {format_clock(end)}",
+        f"from {format_clock(arrive - 5)} to {format_clock(arrive - 5 + friend['duration'])}",
+    )
+    verdict = task.verify(instance, during_travel)
+    assert not verdict.solved and "you are only free" in verdict.feedback
+    wrong_end = reference.replace(f"to {format_clock(end)}", f"to {format_clock(end + 15)}")
+    assert "is not" in task.verify(instance, wrong_end).feedback
+    wrong_start = reference.replace("You start at", "You start at Nowhere at 9:00AM. Then at")
+    assert not task.verify(instance, wrong_start).solved
+
+
+def test_stubs_earn_little() -> None:
+    trip = get_task("trip-planning")
+    for cities in (2, 4):
+        for instance in trip.instances(seed=2, n=5, num_cities=cities):
+            first = json.loads(instance.reference)[0]
+            stub = trip.verify(instance, json.dumps([first]))
+            assert stub.score <= 0.7 / cities, (cities, stub.score)  # was 0.5 at any size
+            assert trip.verify(instance, '[{"city": "", "days": ""}]').score == 0.0
+    calendar = get_task("calendar-scheduling")
+    instance = calendar.instances(seed=0)[0]
+    data = instance.data
+    slots = [
+        f"{day}, {_hhmm(s)} - {_hhmm(s + data['duration'])}"
+        for day in data["days"]
+        for s in range(data["work_start"], data["work_end"] - data["duration"] + 1, 30)
+    ]
+    hedge = calendar.verify(instance, "Here is the proposed time: " + " or ".join(slots))
+    assert hedge.score == 0.0 and "exactly one" in hedge.feedback
+    assert calendar.verify(instance, "Here is the proposed time: DAY, HH:MM - HH:MM").score == 0.0

@@ -94,7 +94,10 @@ def test_corrupted_plans_trip_the_right_constraints() -> None:
 
     plan = copy.deepcopy(gold)
     plan[1]["lunch"] = "Imaginary Diner, Minneapolis"
-    assert _verify(32, plan)[0] == {"within sandbox"}
+    failed, feedback = _verify(32, plan)
+    # as in the official evaluation, hard constraints are not checked for a plan outside the sandbox: failed
+    assert failed == {"within sandbox", "budget", "house rules", "room type", "transportation"}
+    assert "not checked" in feedback
 
     plan = copy.deepcopy(gold)
     plan[1]["attraction"] = "Minnehaha Regional Park, Minneapolis;"  # already visited on day 1
@@ -112,6 +115,31 @@ def test_cuisine_constraint() -> None:
             day[meal] = "-"
     failed, feedback = _verify(34, plan)
     assert "cuisine" in failed and "complete information" in failed and "Chinese" in feedback
+
+
+def test_empty_fields_follow_the_official_complete_information_rules() -> None:
+    gold = load_travelplanner()[32]["gold_plan"]  # 3 days: travel, stay, travel back
+    for day_index, field, rule in [
+        (0, "transportation", "travels but has no transportation"),
+        (1, "attraction", "has no attraction"),
+        (1, "dinner", "lacks a meal"),
+        (1, "accommodation", "has no accommodation"),
+    ]:
+        plan = copy.deepcopy(gold)
+        plan[day_index][field] = "-"
+        failed, feedback = _verify(32, plan)
+        assert "complete information" in failed and rule in feedback, field
+        assert {"budget", "house rules", "room type"} <= failed  # not checked, so failed
+    plan = copy.deepcopy(gold)
+    del plan[1]["lunch"]
+    assert "lacks lunch" in _verify(32, plan)[1]
+    plan = copy.deepcopy(gold)
+    plan[2]["accommodation"] = "-"  # the last night needs none (the gold plan already has '-')
+    assert get_task("travelplanner").verify(_instance(32), json.dumps(plan)).solved
+    # stubs of the right shape but no content earn nothing
+    task = get_task("travelplanner")
+    for stub in ('[{"days": 1}]', json.dumps([{"days": d, "current_city": "-"} for d in (1, 2, 3)])):
+        assert task.verify(_instance(32), stub).score <= 0.15
 
 
 def test_text_and_python_literal_plans_parse() -> None:

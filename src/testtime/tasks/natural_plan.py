@@ -88,7 +88,7 @@ def _hhmm(minutes: int) -> str:
 
 def _parse_time(text: str) -> int | None:
     """``9:30AM``, ``9:30 am``, ``14:05`` -> minutes after midnight."""
-    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*([AaPp]\.?[Mm]\.?)?\s*", text)
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*([AaPp]\.?[Mm]\.?)?\s*", text[:40])
     if not match:
         return None
     hour, minute = int(match.group(1)), int(match.group(2))
@@ -100,6 +100,13 @@ def _parse_time(text: str) -> int | None:
             return None
         hour = hour % 12 + (12 if half.startswith("p") else 0)
     return hour * 60 + minute
+
+
+def _small_int(text: str | None, limit: int = 9) -> int | None:
+    """An integer of at most ``limit`` digits, else None (never Python's int-from-string limit)."""
+    if text is None or not text.strip().isdigit() or len(text.strip()) > limit:
+        return None
+    return int(text.strip())
 
 
 def _clip(text: str, limit: int = 80) -> str:
@@ -296,6 +303,12 @@ class MeetingPlanning(Task):
             )
         for kind, match in steps:
             if kind == "start":
+                place, when = match.group("loc").strip(), _parse_time(match.group("t"))
+                if place.lower() != data["start_location"].lower() or when != data["start_time"]:
+                    violations.append(
+                        f"You start at {data['start_location']} at {format_clock(data['start_time'])}, not at "
+                        f"{_clip(place)} at {_clip(match.group('t'))}."
+                    )
                 continue
             if kind == "travel":
                 target = locations.get(match.group("loc").strip().lower())
@@ -303,12 +316,16 @@ class MeetingPlanning(Task):
                     violations.append(f"Unknown location {_clip(match.group('loc').strip())!r}.")
                     continue
                 minutes = data["travel"][location][target]
-                if int(match.group("m")) != minutes:
+                if _small_int(match.group("m")) != minutes:
                     violations.append(
-                        f"Travel from {location} to {target} takes {minutes} minutes, not {match.group('m')}."
+                        f"Travel from {location} to {target} takes {minutes} minutes, not {_clip(match.group('m'), 12)}."
                     )
                 time += minutes
                 location = target
+                if match.group("t") is not None and _parse_time(match.group("t")) != time:
+                    violations.append(
+                        f"You arrive at {target} at {format_clock(time)}, not {_clip(match.group('t'), 12)}."
+                    )
             elif kind == "wait":
                 until = _parse_time(match.group("t"))
                 if until is None:
@@ -325,10 +342,33 @@ class MeetingPlanning(Task):
                 if friend is None:
                     violations.append(f"There is no friend called {_clip(name)!r}.")
                     continue
-                minutes = int(match.group("m"))
+                minutes = _small_int(match.group("m"), 4)
+                if minutes is None:
+                    violations.append(f"Cannot read the meeting length {_clip(match.group('m'), 12)!r}.")
+                    continue
                 start = max(time, friend["start"])
-                end = start + minutes
                 problems = []
+                if match.group("t1") is not None:  # the stated times must be the true ones
+                    said_start, said_end = _parse_time(match.group("t1")), _parse_time(match.group("t2"))
+                    if said_start is None or said_end is None:
+                        problems.append("its times are not valid clock times")
+                    else:
+                        if said_start < time:
+                            problems.append(
+                                f"it cannot start at {format_clock(said_start)}: you are only free at "
+                                f"{location} from {format_clock(time)}"
+                            )
+                        if said_start < friend["start"]:
+                            problems.append(
+                                f"{friend['name']} is only available from {format_clock(friend['start'])}"
+                            )
+                        if said_start >= start:
+                            start = said_start  # an implicit wait
+                        if said_end - said_start != minutes:
+                            problems.append(
+                                f"{format_clock(said_start)} to {format_clock(said_end)} is not {minutes} minutes"
+                            )
+                end = start + minutes
                 if friend["name"] in met:
                     problems.append(f"you already met {friend['name']}")
                 if location != friend["location"]:
@@ -421,19 +461,23 @@ def _parse_trip(answer: str) -> list[tuple[str, int, int]] | None:
         first = last = None
         span = item.get("days") or item.get("day_range")
         if isinstance(span, str):
-            match = re.fullmatch(r"\s*(?:day\s*)?(\d+)\s*(?:-|to|–)\s*(?:day\s*)?(\d+)\s*", span, re.I)
+            match = re.fullmatch(r"\s*(?:day\s*)?(\d+)\s*(?:-|to|–)\s*(?:day\s*)?(\d+)\s*", span[:40], re.I)
             if match:
-                first, last = int(match.group(1)), int(match.group(2))
-        elif isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span):
+                first, last = _small_int(match.group(1), 4), _small_int(match.group(2), 4)
+        elif isinstance(span, list) and len(span) == 2 and all(_day_number(x) for x in span):
             first, last = span
         if first is None:
             start, end = item.get("start"), item.get("end")
-            if isinstance(start, int) and isinstance(end, int):
+            if _day_number(start) and _day_number(end):
                 first, last = start, end
         if first is None or last is None:
             return None
         stays.append((city.strip(), first, last))
     return stays
+
+
+def _day_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000
 
 
 class TripPlanning(Task):
@@ -560,9 +604,16 @@ class TripPlanning(Task):
             )
         failed = [message for ok, message in checks if not ok]
         solved = not failed
-        score = 1.0 if solved else min(_BELOW_ONE, (len(checks) - len(failed)) / len(checks))
+        # Checks of a plan's own cities pass vacuously for a stub: weigh by the share of cities planned.
+        coverage = len({c for c in cities if c in data["stays"]}) / len(data["stays"])
+        score = 1.0 if solved else min(_BELOW_ONE, (len(checks) - len(failed)) / len(checks) * coverage)
         feedback = "The plan satisfies every constraint." if solved else "\n".join(failed)
-        return Verdict(score=score, solved=solved, feedback=feedback, details={"failed_checks": len(failed)})
+        return Verdict(
+            score=score,
+            solved=solved,
+            feedback=feedback,
+            details={"failed_checks": len(failed), "coverage": coverage},
+        )
 
 
 # =========================================================================================================
@@ -675,7 +726,13 @@ class CalendarScheduling(Task):
         pattern = re.compile(
             r"(" + "|".join(DAYS) + r")\s*,?\s*(\d{1,2}:\d{2})\s*(?:-|–|to)\s*(\d{1,2}:\d{2})", re.I
         )
-        matches = list(pattern.finditer(text))
+        marker = text.lower().rfind("proposed time")
+        matches = list(pattern.finditer(text, max(marker, 0)))
+        slots = {(m.group(1).lower(), _parse_time(m.group(2)), _parse_time(m.group(3))) for m in matches}
+        if marker >= 0 and len(slots) > 1:
+            return Verdict(score=0.0, solved=False, feedback="Propose exactly one slot, not several.")
+        if not matches:
+            matches = list(pattern.finditer(text))
         if not matches:
             return Verdict(
                 score=0.0,

@@ -284,13 +284,11 @@ def evaluate_plan(
     used_restaurants, used_attractions, modes = [], [], set()
     cost = 0.0
     nights: list[str] = []
-    filled = total = 0
     for index, day in enumerate(plan, 1):
         here = [x for x in _day_cities(day.get("current_city", "")) if x]
         travel_day = len(here) == 2
         transport = day.get("transportation", "-") or "-"
-        if travel_day and transport.strip() in ("", "-"):
-            absent.append(f"day {index} travels but has no transportation")
+        absent += _absent_in_day(day, index, last=index == c["days"])
         if transport.strip() not in ("", "-"):
             flight = re.search(r"Flight Number:\s*(\w+)", transport, re.I)
             mode = re.match(r"\s*(self-driving|taxi)", transport, re.I)
@@ -316,9 +314,7 @@ def evaluate_plan(
             else:
                 sandbox.append(f"cannot read day {index}'s transportation")
         for meal in ("breakfast", "lunch", "dinner"):
-            total += 1
             entries = _entries(day.get(meal, "-"))
-            filled += bool(entries)
             for name, city in entries:
                 row = restaurants.get((name, city))
                 if row is None:
@@ -328,9 +324,7 @@ def evaluate_plan(
                 cost += row["Average Cost"] * people
                 if city not in here:
                     elsewhere.append(f"day {index} {meal} is in {city}, not in {' or '.join(here)}")
-        total += 1
         entries = _entries(day.get("attraction", "-"))
-        filled += bool(entries)
         for name, city in entries:
             if (name, city) not in attractions:
                 sandbox.append(f"attraction {name!r} in {city or '?'} is not in the information")
@@ -339,8 +333,6 @@ def evaluate_plan(
             if city not in here:
                 elsewhere.append(f"day {index} attraction {name!r} is in {city}, not in {' or '.join(here)}")
         stays = _entries(day.get("accommodation", "-"))
-        if not stays and index < len(plan):
-            absent.append(f"day {index} has no accommodation")
         for name, city in stays[:1]:
             row = hotels.get((name, city))
             if row is None:
@@ -353,19 +345,33 @@ def evaluate_plan(
                 elsewhere.append(f"day {index} accommodation is in {city}, not in {here[-1]}")
         if not stays:
             nights.append("-")
-    if total and filled < total / 2:
-        absent.append(f"{total - filled} of {total} meal and attraction slots are empty")
-    check("within sandbox", sandbox)
-    check("within current city", elsewhere)
+    filled = sum(1 for day in plan[: c["days"]] for value in day.values() if value and value.strip() != "-")
+    if filled < 0.5 * 6 * c["days"]:
+        absent.append(f"only {filled} of the {6 * c['days']} pieces of information the trip needs are given")
+    if len(plan) != c["days"] or route_problems:
+        absent.insert(0, "the plan needs the right days and city route first")
     check("complete information", absent)
+    complete = not absent
+    # Checks that would pass vacuously on an empty plan count only for a complete one (our choice).
+    vacuous = "not checked: the plan is incomplete"
+    check("within sandbox", sandbox if complete else sandbox or [vacuous])
+    check("within current city", elsewhere if complete else elsewhere or [vacuous])
     repeats = sorted({r for r in used_restaurants if used_restaurants.count(r) > 1})
-    check("diverse restaurants", [f"restaurant {r!r} is visited more than once" for r in repeats])
+    check(
+        "diverse restaurants",
+        [f"restaurant {r!r} is visited more than once" for r in repeats] or ([] if complete else [vacuous]),
+    )
     repeats = sorted({a for a in used_attractions if used_attractions.count(a) > 1})
-    check("diverse attractions", [f"attraction {a!r} is visited more than once" for a in repeats])
+    check(
+        "diverse attractions",
+        [f"attraction {a!r} is visited more than once" for a in repeats] or ([] if complete else [vacuous]),
+    )
     conflict = "self-driving" in modes and ("flight" in modes or "taxi" in modes)
     check(
         "non-conflicting transportation",
-        ["self-driving cannot be combined with flights or taxis"] if conflict else [],
+        ["self-driving cannot be combined with flights or taxis"]
+        if conflict
+        else ([] if complete else [vacuous]),
     )
     short = []
     run_name, run = None, 0
@@ -378,8 +384,11 @@ def evaluate_plan(
             if run < needed:
                 short.append(f"{run_name!r} requires at least {needed} nights, the plan stays {run}")
         run_name, run = name, 1
-    check("minimum nights", short)
-    # hard constraints
+    check("minimum nights", short or ([] if complete else [vacuous]))
+    # hard constraints: the official evaluation checks them only for a complete plan within the sandbox and
+    # counts them as failed otherwise
+    gated = not complete or bool(sandbox)
+    commonsense = len(results)
     if c["budget"] is not None:
         over = cost > c["budget"]
         check("budget", [f"the plan costs ${cost:,.0f}, over the budget of ${c['budget']:,}"] if over else [])
@@ -421,7 +430,36 @@ def evaluate_plan(
         if c["no_self_driving"] and "self-driving" in modes:
             bad.append("the query asks for no self-driving")
         check("transportation", bad)
+    if gated:
+        reason = "not checked: the plan is incomplete or names things not in the information"
+        results[commonsense:] = [
+            (name, False, message or reason) for name, _, message in results[commonsense:]
+        ]
     return results
+
+
+def _absent_in_day(day: Mapping[str, str], index: int, *, last: bool) -> list[str]:
+    """The official "complete information" rules for one day: every field present; transportation on a
+    travel day; an attraction and three meals on a day spent in one city; accommodation every night but the
+    last."""
+
+    def empty(key: str) -> bool:
+        return (day.get(key) or "-").strip() in ("", "-")
+
+    missing = [key for key in FIELDS if key not in ("days", "current_city") and key not in day]
+    if missing:
+        return [f"day {index} lacks {', '.join(missing)}"]
+    travel_day = bool(re.match(r"\s*from .+ to .+", day.get("current_city", ""), re.I))
+    problems = []
+    if travel_day and empty("transportation"):
+        problems.append(f"day {index} travels but has no transportation")
+    if not travel_day and empty("attraction"):
+        problems.append(f"day {index} has no attraction")
+    if not travel_day and any(empty(meal) for meal in ("breakfast", "lunch", "dinner")):
+        problems.append(f"day {index} lacks a meal")
+    if not last and empty("accommodation"):
+        problems.append(f"day {index} has no accommodation")
+    return problems
 
 
 class TravelPlanner(Task):
