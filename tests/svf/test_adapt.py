@@ -47,7 +47,7 @@ def test_cem_config_errors():
     with pytest.raises(UserError):
         CEMConfig(population=1)
     with pytest.raises(UserError):
-        CEMConfig(elite_ratio=0.01, population=10)
+        CEMConfig(elite_ratio=0.0)
     with pytest.raises(UserError):
         CEMConfig(low=1, high=0)
 

@@ -18,7 +18,7 @@ answers with them. Three strategies:
   ties broken by the mean log-likelihood of the shots' reference answers (the official code breaks ties by
   the likelihood of the model's own correct answers). The result is reported on the other n − k instances.
 
-CEM (official code's defaults in brackets): population 32 [32], elite ratio 0.2 [0.2], α sampled from
+CEM (official code's defaults in brackets): population 32 [32], elite ratio 0.2 [0.2] (at least one elite), α sampled from
 ``N(μ, σ)`` clipped to [0, 1] [0, 1], μ initialised to 1/K (the official code's default initial
 coefficients), σ to half the range [same], the best member so far re-evaluated as member 0 [same], μ and σ
 replaced by the elites' mean and standard deviation each generation [same, no smoothing by default]; 10
@@ -225,8 +225,8 @@ class CEMConfig:
     def __post_init__(self) -> None:
         if self.population < 2:
             raise UserError("CEM population must be >= 2")
-        if not 0 < self.elite_ratio <= 1 or int(self.elite_ratio * self.population) < 1:
-            raise UserError("CEM elite_ratio must leave at least one elite")
+        if not 0 < self.elite_ratio <= 1:
+            raise UserError("CEM elite_ratio must be in (0, 1]")
         if self.generations < 1:
             raise UserError("CEM generations must be >= 1")
         if not self.low < self.high:

@@ -672,7 +672,7 @@ def train_step(
     metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics["loss"] = float(loss)
+    metrics["loss"] = float(loss.detach())
     metrics["seconds"] = time.perf_counter() - start
     return metrics
 
