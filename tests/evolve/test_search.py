@@ -377,3 +377,20 @@ def test_a_user_evaluator_with_textual_feedback_plugs_in():
     result = MindEvolution(EvolveConfig.tiny()).run(llm, "ask nicely", evaluate, params=PARAMS)
     assert result.solved and seen[0] == "no" and result.best.answer == "please"
     assert result.best.score == 1.0 and result.calls_to_solve == 3
+
+
+def test_concurrent_and_sequential_calls_give_the_same_log(tmp_path):
+    llm = SeededFake(delay=0.003)
+    a = MindEvolution(NO_STOP).run(
+        llm, "guess", guess_evaluator(), params=PARAMS, log_path=str(tmp_path / "a")
+    )
+    b = MindEvolution(NO_STOP).run(
+        SeededFake(),
+        "guess",
+        guess_evaluator(),
+        params=PARAMS,
+        log_path=str(tmp_path / "b"),
+        concurrent=False,
+    )
+    assert canonical(read_log(tmp_path / "a")) == canonical(read_log(tmp_path / "b"))
+    assert a.summary()["calls"] == b.summary()["calls"]

@@ -52,6 +52,7 @@ class _Method:
         params: SamplingParams | None = None,
         log_path: str | None = None,
         on_candidate: Callable[[Candidate], None] | None = None,
+        concurrent: bool = True,
     ) -> RunResult:
         """Run the method (arguments as :meth:`testtime.evolve.MindEvolution.arun`)."""
         params = params or DEFAULT_PARAMS
@@ -72,6 +73,7 @@ class _Method:
             marker=self.marker,
             num_retries=getattr(self, "num_retries", 0),
             on_candidate=on_candidate,
+            concurrent=concurrent,
         )
         stopped = await self._search(session, problem)
         return session.result(self.name, stopped)
@@ -117,7 +119,7 @@ class BestOfN(_Method):
                 if call is None:
                     break
                 calls.append(call)
-            results = await asyncio.gather(*(session.run(call) for call in calls))
+            results = await session.gather([session.run(call) for call in calls])
             if any(c.solved for c in results):
                 return "solved"
             if session.exhausted:
@@ -163,11 +165,11 @@ class SequentialRevision(_Method):
                 if call is None:
                     break
                 planned.append((thread, call, parents))
-            results = await asyncio.gather(
-                *(
+            results = await session.gather(
+                [
                     session.run(call, parents=parents, conversation=thread, turn=turn)
                     for thread, call, parents in planned
-                )
+                ]
             )
             for (thread, _, _), candidate in zip(planned, results, strict=True):
                 last[thread] = candidate

@@ -186,6 +186,8 @@ class Session:
         max_answer_chars: longer answers are failed candidates.
         num_retries: retries of a failed call.
         on_candidate: called with every new candidate (progress bars).
+        concurrent: issue the calls of a turn concurrently (False: one after another, in the same order
+            and with the same results for a deterministic backend; the benchmark's peer).
     """
 
     def __init__(
@@ -201,8 +203,10 @@ class Session:
         max_answer_chars: int = 20_000,
         num_retries: int = 0,
         on_candidate: Callable[[Candidate], None] | None = None,
+        concurrent: bool = True,
     ) -> None:
         self.llm = llm
+        self.concurrent = concurrent
         self.evaluator = evaluator
         self.params = params.with_(n=1)
         self.tracker = CostTracker(budget=budget or Budget())
@@ -330,6 +334,12 @@ class Session:
         if self.on_candidate is not None:
             self.on_candidate(candidate)
         return candidate
+
+    async def gather(self, coroutines: Sequence[Any]) -> list[Candidate]:
+        """Await the calls of one turn: concurrently (``asyncio.gather``) or one after another."""
+        if self.concurrent:
+            return list(await asyncio.gather(*coroutines))
+        return [await coroutine for coroutine in coroutines]
 
     def result(self, method: str, stopped: str) -> RunResult:
         """The run's result from the candidates made so far."""

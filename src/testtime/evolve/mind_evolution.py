@@ -165,6 +165,7 @@ class MindEvolution:
         params: SamplingParams | None = None,
         log_path: str | None = None,
         on_candidate: Callable[[Candidate], None] | None = None,
+        concurrent: bool = True,
     ) -> RunResult:
         """Search for a solution of ``problem``.
 
@@ -177,6 +178,7 @@ class MindEvolution:
             params: sampling parameters (default: temperature 1, 512 tokens).
             log_path: the JSONL log; an existing log of the same run is resumed.
             on_candidate: called with each new candidate.
+            concurrent: issue each turn's calls concurrently (False: one by one; same results).
 
         Returns:
             The :class:`RunResult`.
@@ -195,6 +197,7 @@ class MindEvolution:
             max_answer_chars=cfg.max_answer_chars,
             num_retries=cfg.num_retries,
             on_candidate=on_candidate,
+            concurrent=concurrent,
         )
         islands: list[list[Candidate]] = [[] for _ in range(cfg.num_islands)]
         stopped = "done"
@@ -238,7 +241,6 @@ class MindEvolution:
     async def _evolve_island(
         self, session: Session, problem: str, islands: list[list[Candidate]], generation: int, island: int
     ) -> str:
-        import asyncio
 
         cfg = self.config
         population = islands[island]
@@ -273,8 +275,8 @@ class MindEvolution:
                 if call is None:
                     break
                 planned.append((conv, call, parent_ids))
-            results = await asyncio.gather(
-                *(
+            results = await session.gather(
+                [
                     session.run(
                         call,
                         parents=parent_ids,
@@ -284,7 +286,7 @@ class MindEvolution:
                         turn=turn,
                     )
                     for conv, call, parent_ids in planned
-                )
+                ]
             )
             for (conv, call, _), candidate in zip(planned, results, strict=True):
                 conv.messages = call.messages
