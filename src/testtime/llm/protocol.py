@@ -51,6 +51,13 @@ class SamplingParams:
         seed: makes sampling reproducible where the backend supports it.
         logprobs: also return the log-probability of each completion token (local and fake backends;
             HTTP servers that support it).
+        top_logprobs: also return, per completion token, this many most likely tokens with their
+            log-probabilities (0 to 20; None: none).
+        logprobs_temperature: the returned log-probabilities are those of the temperature-scaled
+            distribution ``softmax(logits / temperature)`` the token was drawn from (before top-p/top-k
+            truncation), instead of the raw model's; RL importance ratios on temperature-scaled logits need
+            them. Greedy decoding (temperature 0) reports raw log-probabilities. Local backend only.
+        top_k: sample among the k most likely tokens (0: all); local backend and servers that accept it.
     """
 
     n: int = 1
@@ -60,6 +67,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    top_logprobs: int | None = None
+    logprobs_temperature: bool = False
+    top_k: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -76,6 +86,10 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in 0..20, got {self.top_logprobs}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
     def with_(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed (validated again)."""
@@ -93,6 +107,8 @@ class Completion:
         completion_tokens: tokens generated.
         token_ids: the generated token ids, where the backend knows them.
         logprobs: per completion token, its log-probability under the model, when asked for.
+        top_logprobs: per completion token, the most likely tokens as ``{token_id: logprob}`` (most likely
+            first), when asked for.
     """
 
     text: str
@@ -101,6 +117,7 @@ class Completion:
     completion_tokens: int
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
 
 
 class ContinuationScore(NamedTuple):
