@@ -297,3 +297,22 @@ def test_config_json_without_our_section_keeps_the_release_group_rule() -> None:
     assert DeepSeekV3Config.from_hf_dict(data).group_score_topk == 2
     with pytest.raises(ValueError, match="balance_loss_counts"):
         DeepSeekV3Config.tiny(balance_loss_counts="chosen")
+
+
+def test_the_trainer_runs_the_exported_schedules() -> None:
+    from testtime.deepseek.balance import BalanceHook
+    from testtime.deepseek.mtp import MTPWeightSchedule
+    from testtime.deepseek.train import DeepSeekV3ForTraining
+
+    gamma = GammaSchedule(gamma=0.5, stop_step=2)
+    assert [gamma(s) for s in range(4)] == [0.5, 0.5, 0.0, 0.0]
+    assert [GammaSchedule(gamma=0.5, stop_fraction=0.5)(s, 4) for s in range(4)] == [0.5, 0.5, 0.0, 0.0]
+    assert GammaSchedule(gamma=0.5, stop_fraction=0.5)(3) == 0.5  # total unknown: no stop
+    lam = MTPWeightSchedule(first=0.3, then=0.1, switch_step=1)
+    assert [lam(s) for s in range(3)] == [0.3, 0.1, 0.1]
+    model = DeepSeekV3ForTraining(DeepSeekV3Config.tiny(bias_update_stop_step=2, mtp_weight_switch_step=1))
+    hook = model.balance_hook
+    assert isinstance(hook, BalanceHook) and isinstance(hook.mtp_weight, MTPWeightSchedule)
+    assert isinstance(hook.gamma, GammaSchedule) and hook.gamma.stop_step == 2
+    model.after_optimizer_step()
+    assert model.last_balance["gamma"] == model.config.bias_update_speed and model.mtp_loss_weight == 0.1

@@ -17,11 +17,13 @@ Shape legend: ``L`` MoE layers, ``E`` routed experts.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from testtime.deepseek.config import DeepSeekV3Config
 from testtime.deepseek.moe import MoE
 
 __all__ = [
@@ -83,49 +85,92 @@ def update_routing_bias(model: nn.Module, gamma: float) -> dict[str, float]:
 
 @dataclass(kw_only=True)
 class GammaSchedule:
-    """The bias update speed over training: ``gamma`` until ``stop_fraction`` of the steps, then ``final``.
+    """The bias update speed over training: ``gamma`` until the stop, then ``final`` (Section 4.2: 0.001
+    for the first 14.3T tokens, 0 for the last 500B).
+
+    The stop is at optimizer step ``stop_step`` when it is set, else at ``stop_fraction`` of the total
+    steps when those are known; with neither, gamma stays constant.
 
     Attributes:
         gamma: the update speed (0.001 in the paper).
-        stop_fraction: fraction of training after which ``final`` applies (14.3T / 14.8T tokens in the paper).
+        stop_fraction: fraction of training after which ``final`` applies (14.3T / 14.8T), or None.
+        stop_step: the optimizer step from which ``final`` applies (overrides the fraction), or None.
         final: the speed afterwards (0 in the paper).
     """
 
     gamma: float = 0.001
-    stop_fraction: float = 14.3 / 14.8
+    stop_fraction: float | None = 14.3 / 14.8
+    stop_step: int | None = None
     final: float = 0.0
 
-    def __call__(self, step: int, total_steps: int) -> float:
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
         """Gamma for optimizer step ``step`` (0-based) of ``total_steps``."""
-        if total_steps <= 0 or step < self.stop_fraction * total_steps:
+        if self.stop_step is not None:
+            return self.final if step >= self.stop_step else self.gamma
+        if self.stop_fraction is None or not total_steps or total_steps <= 0:
             return self.gamma
-        return self.final
+        return self.final if step >= self.stop_fraction * total_steps else self.gamma
 
 
 class BalanceHook:
-    """The after-optimizer-step hook: update the routing biases with a scheduled gamma (and lambda).
+    """The after-optimizer-step hook: update the routing biases with a scheduled gamma, and set lambda.
+
+    :class:`testtime.deepseek.train.DeepSeekV3ForTraining` runs one after every optimizer step, built from
+    its config (:meth:`from_config`); custom loops can build their own.
 
     Args:
         gamma: the bias schedule; None uses the model config's ``bias_update_speed`` as a constant.
-        mtp_weight: optional schedule for the MTP weight lambda, ``(step, total) -> float``.
+        mtp_weight: schedule of the MTP weight lambda, ``(step, total) -> float``
+            (:class:`testtime.deepseek.mtp.MTPWeightSchedule`), or None to leave lambda alone.
+        keep_history: append every step's stats to :attr:`history`.
     """
 
-    def __init__(self, gamma: GammaSchedule | None = None, mtp_weight: object | None = None) -> None:
+    def __init__(
+        self,
+        gamma: GammaSchedule | None = None,
+        mtp_weight: Callable[[int, int | None], float] | None = None,
+        *,
+        keep_history: bool = True,
+    ) -> None:
         self.gamma = gamma
         self.mtp_weight = mtp_weight
+        self.keep_history = keep_history
         self.history: list[dict[str, float]] = []
 
-    def __call__(self, model: nn.Module, step: int, total_steps: int) -> dict[str, float]:
-        """Update the biases after step ``step``; returns the stats of :func:`update_routing_bias`."""
+    @classmethod
+    def from_config(cls, config: DeepSeekV3Config) -> BalanceHook:
+        """gamma = ``bias_update_speed`` until ``bias_update_stop_step``, lambda = ``mtp_loss_weight`` until
+        ``mtp_weight_switch_step`` and ``mtp_loss_weight_final`` after (None: never stop / switch)."""
+        from testtime.deepseek.mtp import MTPWeightSchedule
+
+        gamma = GammaSchedule(
+            gamma=config.bias_update_speed, stop_fraction=None, stop_step=config.bias_update_stop_step
+        )
+        mtp_weight = MTPWeightSchedule(
+            first=config.mtp_loss_weight,
+            then=config.mtp_loss_weight_final,
+            switch_fraction=None,
+            switch_step=config.mtp_weight_switch_step,
+        )
+        return cls(gamma=gamma, mtp_weight=mtp_weight, keep_history=False)
+
+    def __call__(self, model: nn.Module, step: int, total_steps: int | None = None) -> dict[str, float]:
+        """Update the biases after optimizer step ``step`` (0-based) and set lambda for the next step.
+
+        Returns:
+            The stats of :func:`update_routing_bias` plus ``gamma`` (and ``mtp_loss_weight`` when scheduled).
+        """
         if self.gamma is not None:
             gamma = self.gamma(step, total_steps)
         else:
             gamma = float(getattr(getattr(model, "config", None), "bias_update_speed", 0.0))
         stats = update_routing_bias(model, gamma)
-        if self.mtp_weight is not None and hasattr(model, "mtp_loss_weight"):
-            model.mtp_loss_weight = float(self.mtp_weight(step + 1, total_steps))  # type: ignore[operator]
         stats["gamma"] = gamma
-        self.history.append(stats)
+        if self.mtp_weight is not None and hasattr(model, "mtp_loss_weight"):
+            model.mtp_loss_weight = float(self.mtp_weight(step + 1, total_steps))
+            stats["mtp_loss_weight"] = model.mtp_loss_weight
+        if self.keep_history:
+            self.history.append(stats)
         return stats
 
 

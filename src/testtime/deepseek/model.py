@@ -22,115 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from testtime.deepseek.block import DecoderLayer, cross_entropy
 from testtime.deepseek.config import DeepSeekV3Config
-from testtime.deepseek.layers import MLP, RMSNorm, make_linear, norm, rotary_embedding
-from testtime.deepseek.mla import MLA, AttentionMode, MLACache
+from testtime.deepseek.layers import RMSNorm, norm, rotary_embedding
+from testtime.deepseek.mla import AttentionMode, MLACache
 from testtime.deepseek.moe import MoE
+from testtime.deepseek.mtp import MTPModule, mtp_losses
 
 __all__ = ["CausalLMOutput", "DecoderLayer", "DeepSeekV3ForCausalLM", "DeepSeekV3Model", "MTPModule"]
 
 log = logging.getLogger(__name__)
-
-
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``(b, s, V)`` logits against ``(b, s)`` targets (-100 ignored), in >= float32."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm block: ``h + MLA(norm(h))`` then ``+ FFN(norm(.))``, FFN dense for the first k layers else MoE.
-
-    Args:
-        config: the model config.
-        layer_index: position in the stack (MTP modules continue the numbering).
-    """
-
-    def __init__(self, config: DeepSeekV3Config, layer_index: int) -> None:
-        super().__init__()
-        self.layer_index = layer_index
-        self.input_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps)
-        self.self_attn = MLA(config)
-        self.post_attention_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp: MoE | MLP = (
-            MoE(config)
-            if config.is_moe_layer(layer_index)
-            else MLP(config.hidden_size, config.intermediate_size, fp8=config.fp8)
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        *,
-        cache: MLACache | None = None,
-        cache_layer: int = 0,
-        mode: AttentionMode | None = None,
-    ) -> torch.Tensor:
-        """``(b, s, D) -> (b, s, D)``; see :meth:`MLA.forward` for the cache arguments."""
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache=cache, layer=cache_layer, mode=mode)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class SharedHead(nn.Module):
-    """The MTP module's own final norm; the output head itself is the main model's (shared)."""
-
-    def __init__(self, config: DeepSeekV3Config) -> None:
-        super().__init__()
-        self.norm = norm(config.hidden_size, eps=config.rms_norm_eps)
-
-
-class MTPModule(DecoderLayer):
-    """One MTP module k (eqs. 21-23): ``h^k = TRM_k(M_k [RMSNorm(Emb(t_{i+k})) ; RMSNorm(h^{k-1}_i)])``.
-
-    The concatenation order is the released checkpoint's (embedding first; the paper's eq. 21 writes the
-    hidden state first). The embedding and the output head are the main model's; ``shared_head.norm`` is
-    this module's own final norm.
-
-    Args:
-        config: the model config.
-        layer_index: ``num_hidden_layers + k - 1`` (its key prefix in checkpoints).
-    """
-
-    def __init__(self, config: DeepSeekV3Config, layer_index: int) -> None:
-        super().__init__(config, layer_index)
-        self.enorm = norm(config.hidden_size, eps=config.rms_norm_eps)
-        self.hnorm = norm(config.hidden_size, eps=config.rms_norm_eps)
-        self.eh_proj = make_linear(2 * config.hidden_size, config.hidden_size, fp8=config.fp8)  # M_k
-        self.shared_head = SharedHead(config)
-
-    def forward(  # type: ignore[override]
-        self,
-        previous: torch.Tensor,
-        embedded: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        *,
-        cache: MLACache | None = None,
-        cache_layer: int = 0,
-        mode: AttentionMode | None = None,
-    ) -> torch.Tensor:
-        """One depth.
-
-        Args:
-            previous: ``(b, s, D)`` h^{k-1}_i (the main model's normalised output for k = 1).
-            embedded: ``(b, s, D)`` Emb(t_{i+k}).
-            cos: rope cosines of positions i.
-            sin: rope sines.
-            cache: this module's latent cache (drafting).
-            cache_layer: this module's index in ``cache``.
-            mode: MLA path.
-
-        Returns:
-            ``(b, s, D)`` h^k after ``shared_head.norm`` (what the head reads and the next depth takes).
-        """
-        x = self.eh_proj(torch.cat((self.enorm(embedded), self.hnorm(previous)), dim=-1))
-        x = super().forward(x, cos, sin, cache=cache, cache_layer=cache_layer, mode=mode)
-        return self.shared_head.norm(x)
 
 
 @dataclass
@@ -335,7 +238,7 @@ class DeepSeekV3ForCausalLM(nn.Module):
         if labels is None:
             return out
         targets = labels[:, 1:] if shift_labels else labels  # targets[:, i]: the token after position i
-        out.lm_loss = _cross_entropy(logits[:, : targets.shape[1]], targets)
+        out.lm_loss = cross_entropy(logits[:, : targets.shape[1]], targets)
         loss = out.lm_loss
         out.metrics["lm_loss"] = out.lm_loss.detach()
         if len(self.mtp) and self.mtp_loss_weight > 0:
@@ -360,32 +263,11 @@ class DeepSeekV3ForCausalLM(nn.Module):
     def mtp_losses(
         self, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor
     ) -> list[torch.Tensor]:
-        """Per-depth MTP cross-entropies (eqs. 21-24).
-
-        Depth k combines h^{k-1}_i with Emb(t_{i+k}) for i < T - k and predicts t_{i+k+1} = ``targets[:, i + k]``.
-
-        Args:
-            hidden: ``(b, T, D)`` the main model's normalised output h^0.
-            input_ids: ``(b, T)``.
-            targets: ``(b, T')`` next tokens, ``targets[:, i]`` follows position i (T' = T or T - 1).
-
-        Returns:
-            One scalar per depth that still has a target.
-        """
-        losses = []
-        previous = hidden
-        length = input_ids.shape[1]
-        for k, module in enumerate(self.mtp, start=1):
-            span = length - k
-            predicted = targets.shape[1] - k  # positions of this depth that have a target
-            if predicted < 1:
-                break
-            embedded = self.model.embed_tokens(input_ids[:, k:])
-            cos, sin = self.model.rotary(torch.arange(span, device=input_ids.device), embedded.dtype)
-            previous = module(previous[:, :span], embedded, cos, sin)
-            logits = self.lm_head(previous[:, :predicted])
-            losses.append(_cross_entropy(logits, targets[:, k:]))
-        return losses
+        """Per-depth MTP cross-entropies L^k (eqs. 21-24); see :func:`testtime.deepseek.mtp.mtp_losses`."""
+        return mtp_losses(
+            self.mtp, hidden, input_ids, targets, embed=self.model.embed_tokens, rotary=self.model.rotary,
+            head=self.lm_head,
+        )  # fmt: skip
 
     def new_cache(self, batch_size: int, *, mtp: bool = False, capacity: int = 256) -> MLACache:
         """An empty latent cache for the main stack (or, with ``mtp``, for the MTP modules)."""

@@ -1,15 +1,17 @@
 """DeepSeek-V3 on the shared trainer (``testtime.train``): the registered model family ``deepseek-v3``.
 
 The trainer passes next-token labels (``labels[:, i]`` follows position i) and calls
-``after_optimizer_step()`` after every optimizer step; that hook applies the auxiliary-loss-free bias
-update (all-reduced under DDP) and the gamma and lambda schedules of the config.
+``after_optimizer_step()`` after every optimizer step; that hook runs the package's
+:class:`~testtime.deepseek.balance.BalanceHook` built from the config: the auxiliary-loss-free bias update
+(all-reduced under DDP) with its :class:`~testtime.deepseek.balance.GammaSchedule`, and lambda's
+:class:`~testtime.deepseek.mtp.MTPWeightSchedule`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from testtime.deepseek.balance import update_routing_bias
+from testtime.deepseek.balance import BalanceHook
 from testtime.deepseek.config import DeepSeekV3Config
 from testtime.deepseek.model import CausalLMOutput, DeepSeekV3ForCausalLM
 
@@ -29,6 +31,7 @@ class DeepSeekV3ForTraining(DeepSeekV3ForCausalLM):
         super().__init__(config)
         self.max_seq_len = config.max_position_embeddings
         self.optimizer_steps = 0
+        self.balance_hook = BalanceHook.from_config(config)
         self.last_balance: dict[str, float] = {}
 
     def forward(
@@ -40,14 +43,8 @@ class DeepSeekV3ForTraining(DeepSeekV3ForCausalLM):
 
     def after_optimizer_step(self) -> None:
         """Update the routing biases with this step's gamma and set lambda for the next step."""
-        c = self.config
-        stop = c.bias_update_stop_step
-        gamma = c.bias_update_speed if stop is None or self.optimizer_steps < stop else 0.0
-        self.last_balance = update_routing_bias(self, gamma)
+        self.last_balance = self.balance_hook(self, self.optimizer_steps)
         self.optimizer_steps += 1
-        switch = c.mtp_weight_switch_step
-        if switch is not None and self.optimizer_steps >= switch:
-            self.mtp_loss_weight = c.mtp_loss_weight_final
 
 
 def small_config() -> DeepSeekV3Config:
