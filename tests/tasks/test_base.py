@@ -45,11 +45,11 @@ def test_registry_lists_every_issue_task_name() -> None:
 def test_verdict_score_is_one_exactly_when_solved() -> None:
     Verdict(score=1.0, feedback="", solved=True)
     Verdict(score=0.3, feedback="", solved=False)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="Verdict score"):
         Verdict(score=0.5, feedback="", solved=True)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="Verdict score"):
         Verdict(score=1.0, feedback="", solved=False)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="Verdict score"):
         Verdict(score=1.5, feedback="", solved=False)
 
 
@@ -158,3 +158,22 @@ def test_reward_function_follows_trl_convention() -> None:
         reward(["p"], ["x"])
     assert completion_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "a"
     assert completion_text(None) == ""
+
+
+def test_a_failing_verifier_becomes_a_zero_verdict_with_the_error() -> None:
+    def broken(instance: Instance, answer: str) -> tuple[float, str, bool]:
+        raise KeyError("oops")
+
+    task = task_from_function("broken", broken, instances=[{"data": {}}])
+    with pytest.warns(RuntimeWarning, match="broken: the verifier failed"):
+        verdict = task.verify(task.instances(n=1)[0], "anything")
+    assert verdict.score == 0.0 and not verdict.solved and "KeyError" in verdict.details["error"]
+    wordy = task_from_function("wordy", lambda i, a: (0.5, "x" * 10_000, False), instances=[{"data": {}}])
+    assert len(wordy.verify(wordy.instances(n=1)[0], "a").feedback) <= 2_000
+    seen = []
+    echo = task_from_function(
+        "echo", lambda i, a: (seen.append(a) or 0.0, "", False), instances=[{"data": {}}]
+    )
+    echo.verify(echo.instances(n=1)[0], "\u0664\u0663\u0667 apples")  # Arabic-Indic 437
+    echo.verify(echo.instances(n=1)[0], None)  # type: ignore[arg-type]
+    assert seen == ["437 apples", ""]

@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict
-from testtime.tasks.parsing import after_answer_marker, last_number, strip_thinking
+from testtime.tasks.parsing import after_answer_marker, excerpt, last_number, strip_thinking
 from testtime.tasks.safe_math import ExpressionError, Limits, normalize_operators, parse_expression
 
 __all__ = ["Arithmetic", "Countdown", "extract_expression", "solve_countdown"]
@@ -166,7 +166,9 @@ class Countdown(Task):
             parsed = parse_expression(expr, limits=COUNTDOWN_LIMITS)
         except ExpressionError as exc:
             return Verdict(
-                score=0.0, solved=False, feedback=f"The expression {expr!r} is not allowed: {exc}."
+                score=0.0,
+                solved=False,
+                feedback=f"The expression {excerpt(expr)!r} is not allowed: {excerpt(str(exc), 200)}.",
             )
         problems = []
         if any(x.denominator != 1 for x in parsed.numbers):
@@ -178,17 +180,19 @@ class Countdown(Task):
                 problems.append(f"{number} is not one of the given numbers")
             elif times > available[number]:
                 problems.append(f"{number} is used {times} times but given {available[number]} time(s)")
-        details: dict[str, Any] = {"expression": expr, "value": str(parsed.value)}
+        details: dict[str, Any] = {"expression": excerpt(expr, 200), "value": excerpt(str(parsed.value), 200)}
         if problems:
             return Verdict(score=0.0, solved=False, feedback="; ".join(problems) + ".", details=details)
         if parsed.value == target:
-            return Verdict(score=1.0, solved=True, feedback=f"Correct: {expr} = {target}.", details=details)
+            return Verdict(
+                score=1.0, solved=True, feedback=f"Correct: {excerpt(expr)} = {target}.", details=details
+            )
         closeness = max(0.0, 1.0 - abs(float(parsed.value) - target) / max(abs(target), 1))
         direction = "too high" if parsed.value > target else "too low"
         return Verdict(
             score=0.1 + 0.4 * closeness,
             solved=False,
-            feedback=f"{expr} = {_show(parsed.value)}, which is {direction}; the target is {target}.",
+            feedback=f"{excerpt(expr)} = {excerpt(_show(parsed.value))}, which is {direction}; the target is {target}.",
             details=details,
         )
 
@@ -239,10 +243,17 @@ class Arithmetic(Task):
         try:
             value = Fraction(found)
         except (ValueError, ZeroDivisionError):
-            return Verdict(score=0.0, solved=False, feedback=f"Could not read {found!r} as a number.")
+            return Verdict(
+                score=0.0, solved=False, feedback=f"Could not read {excerpt(found)!r} as a number."
+            )
         if value == gold:
-            return Verdict(score=1.0, solved=True, feedback="Correct.", details={"answer": found})
+            return Verdict(
+                score=1.0, solved=True, feedback="Correct.", details={"answer": excerpt(found, 200)}
+            )
         direction = "too high" if value > gold else "too low"
         return Verdict(
-            score=0.0, solved=False, feedback=f"{found} is wrong ({direction}).", details={"answer": found}
+            score=0.0,
+            solved=False,
+            feedback=f"{excerpt(found)} is wrong ({direction}).",
+            details={"answer": excerpt(found, 200)},
         )

@@ -9,7 +9,12 @@ data set), renders each as a prompt, and checks an answer text, returning a :cla
   prompts; empty or a short confirmation when solved;
 - ``solved``: the benchmark's success criterion (accuracy counts these).
 
-Every ``verify`` accepts arbitrary text (an LLM's raw output) and must never raise on it.
+Every ``verify`` accepts arbitrary text (an LLM's raw output) and never raises on it: :class:`Task` wraps
+each subclass's ``verify`` so that a non-string answer counts as empty, answers longer than
+:data:`MAX_ANSWER` characters are cut to their end, decimal digits of every script are read as ASCII
+digits (tasks with ``numeric = True``, the default), feedback is capped at :data:`MAX_FEEDBACK` characters,
+and an exception inside a verifier becomes a 0-score verdict (with a warning and ``details["error"]``)
+instead of reaching the caller.
 
 Determinism: ``instances(split, seed=s, n=k)`` returns the same instances for the same arguments in every
 process; instance ``i`` of a seed does not depend on ``n``.
@@ -22,10 +27,12 @@ The registry maps task names (``meeting-planning``, ``countdown``, ...) to class
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
 import random
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +54,10 @@ __all__ = [
 ]
 
 
+MAX_ANSWER = 1_000_000  # characters of an answer a verifier sees (the end of it)
+MAX_FEEDBACK = 2_000  # characters of feedback
+
+
 @dataclass(frozen=True, kw_only=True)
 class Verdict:
     """The result of checking one answer.
@@ -64,8 +75,12 @@ class Verdict:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        assert 0.0 <= self.score <= 1.0, f"score {self.score} outside [0, 1]"
-        assert self.solved == (self.score == 1.0), "score is 1.0 exactly when solved"
+        if not isinstance(self.score, (int, float)) or not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"Verdict score must be a number in [0, 1], got {self.score!r}")
+        if bool(self.solved) != (self.score == 1.0):
+            raise ValueError(
+                f"Verdict score must be 1.0 exactly when solved (score {self.score}, solved {self.solved})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """``{"score", "solved", "feedback", "details"}`` for JSON output."""
@@ -136,9 +151,15 @@ class Task(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    numeric: ClassVar[bool] = True  # read every script's decimal digits as ASCII digits before verifying
     splits: ClassVar[tuple[str, ...]] = ("test",)
     difficulty: ClassVar[Mapping[str, int]] = {}
     difficulty_min: ClassVar[Mapping[str, int]] = {}  # the smallest allowed value of a knob (default 1)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "verify" in cls.__dict__ and not getattr(cls.__dict__["verify"], "_guarded", False):
+            cls.verify = _guard_verify(cls.__dict__["verify"])  # type: ignore[method-assign]
 
     # -- instances ---------------------------------------------------------------------------------------
     def instances(
@@ -217,6 +238,48 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _guard_verify(
+    verify: Callable[[Task, Instance, str], Verdict],
+) -> Callable[[Task, Instance, str], Verdict]:
+    """``verify`` made total: bounded, normalised input; a clear 0 verdict instead of an exception."""
+
+    @functools.wraps(verify)
+    def guarded(self: Task, instance: Instance, answer: str) -> Verdict:
+        from testtime.tasks.parsing import excerpt, normalize_digits
+
+        if isinstance(answer, (bytes, bytearray)):
+            answer = bytes(answer[-MAX_ANSWER * 4 :]).decode("utf-8", errors="replace")
+        text = answer[-MAX_ANSWER:] if isinstance(answer, str) else ""
+        try:
+            if self.numeric:
+                text = normalize_digits(text)
+            verdict = verify(self, instance, text)
+            if not isinstance(verdict, Verdict):
+                raise TypeError(f"verify returned {type(verdict).__name__}, not a Verdict")
+        except Exception as exc:  # noqa: BLE001  (the contract: verify never raises on an answer)
+            message = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
+            warnings.warn(
+                f"{self.name}: the verifier failed on an answer ({message})", RuntimeWarning, stacklevel=2
+            )
+            return Verdict(
+                score=0.0,
+                solved=False,
+                feedback="The answer could not be checked.",
+                details={"error": message},
+            )
+        if len(verdict.feedback) > MAX_FEEDBACK:
+            verdict = Verdict(
+                score=verdict.score,
+                solved=verdict.solved,
+                feedback=verdict.feedback[: MAX_FEEDBACK - 4] + " ...",
+                details=verdict.details,
+            )
+        return verdict
+
+    guarded._guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 # -- wrapping a user's function --------------------------------------------------------------------------

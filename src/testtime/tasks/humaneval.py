@@ -66,6 +66,7 @@ class HumanEval(Task):
 
     name = "humaneval"
     description = "HumanEval Python function completion (164 problems), tests run in a sandbox"
+    numeric = False  # code: leave every character as written
     splits = ("test",)
 
     def __init__(self, *, cpu_seconds: int = 5, wall_seconds: float = 10.0, memory_mb: int = 1024) -> None:

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 __all__ = [
     "MAX_TEXT",
     "after_answer_marker",
+    "excerpt",
     "extract_json",
     "last_number",
+    "normalize_digits",
     "parse_clock",
     "strip_thinking",
 ]
 
-MAX_TEXT = 50_000  # characters of an answer that any parser looks at
+MAX_TEXT = 50_000  # characters of an answer that any parser looks at (the end of it: answers come last)
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit (Unicode category Nd) that is not ASCII
 
 _FENCE = re.compile(r"```(?:json|JSON|python)?\s*\n?(.*?)```", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -30,10 +34,34 @@ _CLOCK = re.compile(r"^\s*(\d{1,2})\s*:\s*(\d{2})\s*(am|pm|AM|PM|a\.m\.|p\.m\.)?
 
 
 def strip_thinking(text: str) -> str:
-    """Drop a leading ``<think>...</think>`` block (R1-style reasoning) and truncate to MAX_TEXT."""
-    text = text[:MAX_TEXT] if isinstance(text, str) else ""
+    """Drop a leading ``<think>...</think>`` block (R1-style reasoning); keep at most the last MAX_TEXT
+    characters of what follows (a final answer comes at the end)."""
+    if not isinstance(text, str):
+        return ""
     end = text.rfind("</think>")
-    return text[end + len("</think>") :] if end >= 0 else text
+    if end >= 0:
+        text = text[end + len("</think>") :]
+    return text[-MAX_TEXT:]
+
+
+def normalize_digits(text: str) -> str:
+    """Every decimal digit of any script (Unicode category Nd: ``٤``, ``४``, ``４`` ...) as its ASCII digit.
+
+    The numeric tasks all read numbers after this, so ``٤٣٧`` means 437 everywhere; other digit-like
+    characters (superscripts, circled numbers) are not decimal digits and stay as they are.
+    """
+    if text.isascii():
+        return text
+    return _OTHER_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group(), 0)), text)
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """At most ``limit`` characters of ``text`` for feedback (the middle elided)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def extract_json(text: str, *, want: type | tuple[type, ...] = (dict, list), max_starts: int = 200) -> Any:
