@@ -87,6 +87,8 @@ def test_split_is_by_document_deterministic_and_order_independent() -> None:
     assert split_documents(docs, val_fraction=0.0, seed=0)[1] == []
     with pytest.raises(UserError):
         split_documents(docs[:1], val_fraction=0.1)
+    with pytest.raises(UserError, match="repeated: d3"):
+        split_documents([*docs, Document("d3", "again")], val_fraction=0.2)
 
 
 def test_packing_shifts_labels_and_separates_documents() -> None:
@@ -109,3 +111,8 @@ def test_sample_order_is_a_seeded_permutation_per_epoch() -> None:
     assert torch.equal(torch.cat([order.indices(0, 7), order.indices(7, 13)]), torch.cat([first, second]))
     assert torch.equal(SampleOrder(10, seed=3).indices(13, 4), second[3:7])
     assert not torch.equal(SampleOrder(10, seed=4).indices(0, 10), first)
+
+
+def test_an_empty_training_set_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="no training sequence"):
+        SampleOrder(0, seed=0)

@@ -99,3 +99,26 @@ def test_context_limit_without_and_with_cache() -> None:
             cached_len += 1
         assert ids[t] == int(model(torch.tensor([ids[start:t]])).logits[0, -1].argmax()), t
     assert cached != plain  # the two policies do differ here, so the check above is not vacuous
+
+
+def test_registering_a_malformed_model_family_is_a_value_error() -> None:
+    from testtime.train.registry import register_model
+
+    with pytest.raises(ValueError, match="dataclass"):
+        register_model("bad", config_cls=dict, build=lambda c, v: None, presets={"x": dict})
+    with pytest.raises(ValueError, match="at least one preset"):
+        register_model("bad", config_cls=TransformerConfig, build=lambda c, v: None, presets={})
+    with pytest.raises(ValueError, match="default preset 'huge'"):
+        register_model(
+            "bad", config_cls=TransformerConfig, build=lambda c, v: None, presets={"tiny": TransformerConfig.tiny},
+            default_preset="huge",
+        )  # fmt: skip
+
+
+def test_model_code_returns_the_bottom_output_type() -> None:
+    from testtime.nn import LMOutput
+    from testtime.train.registry import LMOutput as ReExported
+
+    assert ReExported is LMOutput
+    out = Transformer(TransformerConfig.tiny(), vocab_size=11)(torch.zeros(1, 3, dtype=torch.long))
+    assert isinstance(out, LMOutput)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from testtime.nn.attention import CausalSelfAttention, KVCache, attention_mask, causal_attention
 from testtime.nn.mlp import SwiGLU, swiglu_hidden_dim
 from testtime.nn.norm import RMSNorm, rms, rms_norm
+from testtime.nn.output import LMOutput
 from testtime.nn.rope import (
     RotaryEmbedding,
     YarnConfig,
@@ -23,6 +24,7 @@ from testtime.nn.transformer import TransformerBlock
 __all__ = [
     "CausalSelfAttention",
     "KVCache",
+    "LMOutput",
     "RMSNorm",
     "RotaryEmbedding",
     "SwiGLU",

@@ -34,13 +34,20 @@ Shapes: b batch, n tokens, D model width, h attention heads, d head width, w win
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from testtime.nn import CausalSelfAttention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, TransformerBlock
+from testtime.nn import (
+    CausalSelfAttention,
+    KVCache,
+    LMOutput,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    TransformerBlock,
+)
 from testtime.nn.sampling import sample_next
 from testtime.titans.config import TitansConfig
 from testtime.titans.memory import MemoryState, NeuralMemory
@@ -341,15 +348,13 @@ class TitansLM(nn.Module):
         x, state = self._run(self.embed(input_ids), state)
         return self.head(self.norm(x)), state
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> Any:
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> LMOutput:
         """Parallel forward over whole sequences (b, n) (the trainer's plug-in API, docs/train.md).
 
         Returns:
             An ``LMOutput`` with ``logits`` (b, n, vocab) and, when ``labels`` (b, n; the next tokens, -100
             ignored) are given, ``loss``, the mean next-token cross-entropy.
         """
-        from testtime.train.registry import LMOutput
-
         logits, _ = self.step(input_ids)
         loss = None
         if labels is not None:

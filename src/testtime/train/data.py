@@ -163,7 +163,9 @@ def split_documents(
     if len(docs) < 2:
         raise UserError("a held-out split needs at least 2 documents; add text or set val_fraction to 0")
     names = [d.name for d in docs]
-    assert len(set(names)) == len(names), "document names must be unique"
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"document names must be unique; repeated: {', '.join(duplicates[:5])}")
 
     def rank(name: str) -> bytes:
         return hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
@@ -223,7 +225,10 @@ class SampleOrder:
     """
 
     def __init__(self, num_sequences: int, *, seed: int) -> None:
-        assert num_sequences > 0
+        if num_sequences < 1:
+            raise UserError(
+                f"no training sequence: the data holds {num_sequences} (add text or lower the sequence length)"
+            )
         self.num_sequences, self.seed = num_sequences, seed
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 

@@ -30,13 +30,13 @@ import dataclasses
 import importlib
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from testtime.errors import UserError
+from testtime.nn.output import LMOutput  # re-exported: the model contract's output type
 
 __all__ = [
     "MODEL_MODULES",
@@ -58,21 +58,6 @@ MODEL_MODULES: tuple[str, ...] = (
     "testtime.deepseek.train",
     "testtime.deepseek",
 )
-
-
-@dataclass
-class LMOutput:
-    """What a model's forward returns.
-
-    Attributes:
-        logits: ``(n, t, vocab)`` next-token logits.
-        loss: scalar training objective, or None without labels.
-        metrics: extra scalars to log (e.g. an auxiliary loss, a load-balance statistic).
-    """
-
-    logits: torch.Tensor | None = None
-    loss: torch.Tensor | None = None
-    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 def output_field(output: Any, name: str) -> Any:
@@ -128,11 +113,17 @@ def register_model(
 
     Returns:
         The spec.
+
+    Raises:
+        ValueError: the config is not a dataclass, there is no preset, or the default is not one of them.
     """
-    assert dataclasses.is_dataclass(config_cls), f"{config_cls} is not a dataclass"
-    assert presets, "a model needs at least one preset"
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise ValueError(f"model {name!r}: config_cls must be a dataclass class, got {config_cls!r}")
+    if not presets:
+        raise ValueError(f"model {name!r} needs at least one preset")
     default = default_preset or next(iter(presets))
-    assert default in presets, f"default preset {default!r} is not among {list(presets)}"
+    if default not in presets:
+        raise ValueError(f"model {name!r}: default preset {default!r} is not among {list(presets)}")
     spec = ModelSpec(name, config_cls, build, dict(presets), default, description)
     _REGISTRY[name] = spec
     return spec

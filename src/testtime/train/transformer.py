@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from testtime.nn import KVCache, RMSNorm, RotaryEmbedding, TransformerBlock
-from testtime.train.registry import LMOutput, register_model
+from testtime.nn import KVCache, LMOutput, RMSNorm, RotaryEmbedding, TransformerBlock
+from testtime.train.registry import register_model
 
 __all__ = ["Transformer", "TransformerBlock", "TransformerConfig"]
 
