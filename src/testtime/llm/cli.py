@@ -15,6 +15,21 @@ __all__ = ["register"]
 _MODEL_HELP = "Model: 'smollm2' (embedded), a .gguf file, a local directory or a transformers hub id."
 
 
+def _dtype(name: str):
+    """``fp32`` / ``bf16`` (and their long names) as a torch dtype; anything else is a :class:`UserError`."""
+    import torch
+
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
+    if name.lower() not in table:
+        raise UserError(f"--dtype must be fp32 or bf16, got {name!r}")
+    return table[name.lower()]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``testtime serve`` and the ``testtime llm`` group to the CLI."""
 
@@ -36,7 +51,24 @@ def register(app: typer.Typer) -> None:
         max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", help="Largest max_tokens accepted."),
         max_prompt_tokens: int = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt accepted."),
         max_wait_ms: float = typer.Option(
-            10.0, "--max-wait-ms", help="How long a request waits for others to share its batch."
+            10.0,
+            "--max-wait-ms",
+            help="Static batching: how long a request waits for others to share its batch.",
+        ),
+        batching: str = typer.Option(
+            "continuous",
+            "--batching",
+            help="'continuous' (requests join the running batch at the next step) or 'static' (the old batcher).",
+        ),
+        dtype: str = typer.Option(
+            "fp32",
+            "--dtype",
+            help="Weights: fp32, or bf16 (faster on CPUs with AVX-512 BF16 / AMX, and GPUs).",
+        ),
+        max_kv_tokens: int = typer.Option(
+            None,
+            "--max-kv-tokens",
+            help="Bound on the KV cache in tokens (rows x longest prompt+max_tokens).",
         ),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
         threads: int = typer.Option(
@@ -57,15 +89,33 @@ def register(app: typer.Typer) -> None:
         start = time.perf_counter()
         if threads is not None and threads < 1:
             raise UserError("--threads must be >= 1")
-        llm = LocalLLM.from_name(model, max_batch_size=max_batch_size, num_threads=threads)
+        if batching not in ("continuous", "static"):
+            raise UserError(f"--batching must be continuous or static, got {batching!r}")
+        if max_batch_size < 1:
+            raise UserError("--max-batch-size must be >= 1")
+        if max_kv_tokens is not None and max_kv_tokens < 1:
+            raise UserError("--max-kv-tokens must be >= 1")
+        torch_dtype = _dtype(dtype)
+        llm = LocalLLM.from_name(
+            model,
+            max_batch_size=max_batch_size,
+            num_threads=threads,
+            dtype=torch_dtype,
+            max_kv_tokens=max_kv_tokens,
+        )
         name = served_name or model
         limits = ServerLimits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
         application = create_app(
-            llm, model_name=name, api_key=api_key, limits=limits, max_wait_s=max_wait_ms / 1000
+            llm,
+            model_name=name,
+            api_key=api_key,
+            limits=limits,
+            batching=batching,  # type: ignore[arg-type]
+            max_wait_s=max_wait_ms / 1000,
         )
         path = "lean Llama forward" if llm.engine.lean else f"model forward ({llm.engine.fallback_reason})"
         typer.echo(
-            f"serving {name!r} ({path}) on http://{host}:{port}/v1 "
+            f"serving {name!r} ({path}, {dtype}, {batching} batching) on http://{host}:{port}/v1 "
             f"(loaded in {time.perf_counter() - start:.1f} s; key {'required' if api_key else 'not required'})",
         )
         uvicorn.run(application, host=host, port=port, log_level=log_level)
@@ -88,6 +138,8 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(
             None, "--threads", help="torch threads while generating (1 is best on oversubscribed cores)."
         ),
+        dtype: str = typer.Option("fp32", "--dtype", help="Weights: fp32 or bf16."),
+        top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
     ) -> None:
         """Complete prompts with the local engine, batched, and print the answers with the throughput."""
         from testtime.llm.local import LocalLLM
@@ -95,13 +147,13 @@ def register(app: typer.Typer) -> None:
 
         try:
             params = SamplingParams(
-                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+                n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed
             )
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         if threads is not None and threads < 1:
             raise UserError("--threads must be >= 1")
-        llm = LocalLLM.from_name(model, num_threads=threads)
+        llm = LocalLLM.from_name(model, num_threads=threads, dtype=_dtype(dtype))
         batch = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
         out = llm.generate(batch, params)
         for prompt, choices in zip(prompts, out, strict=True):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,6 +68,7 @@ class LocalLLM(BaseLLM):
         self.max_batch_size = max_batch_size
         self.engine = Engine(model, lean=lean, num_threads=num_threads)
         self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size, max_kv_tokens=max_kv_tokens)
+        self._static_lock = threading.Lock()
         eos: set[int] = set()
         if tokenizer.eos_token_id is not None:
             eos.add(int(tokenizer.eos_token_id))
@@ -146,6 +148,18 @@ class LocalLLM(BaseLLM):
 
     # ------------------------------------------------------------------ generation
 
+    def _stop_check(self, stop_strings: tuple[str, ...]) -> Callable[[list[int]], bool] | None:
+        """``tokens -> bool``: whether the text of the last tokens contains a stop string (None: no strings)."""
+        if not stop_strings:
+            return None
+        tail = max(len(s) for s in stop_strings) + 8
+
+        def stop_check(tokens: list[int]) -> bool:
+            text = self.tokenizer.decode(tokens[-tail:], skip_special_tokens=True)
+            return any(s in text for s in stop_strings)
+
+        return stop_check
+
     def rows(
         self,
         prompt_ids: list[int],
@@ -154,15 +168,7 @@ class LocalLLM(BaseLLM):
         on_token: Callable[[Row], None] | None = None,
     ) -> list[Row]:
         """The engine rows of one encoded prompt (``params.n`` samples), ready for :meth:`submit`."""
-        stop_strings = params.stop
-        tail = max((len(s) for s in stop_strings), default=0) + 8
-        stop_check = None
-        if stop_strings:
-
-            def stop_check(tokens: list[int]) -> bool:
-                text = self.tokenizer.decode(tokens[-tail:], skip_special_tokens=True)
-                return any(s in text for s in stop_strings)
-
+        stop_check = self._stop_check(params.stop)
         rows = []
         for sample in range(params.n):
             generator = None
@@ -240,6 +246,40 @@ class LocalLLM(BaseLLM):
                 handle.cancel()
             raise
         return [[self.completion(row, params) for row in rows] for rows in done]
+
+    def generate_static(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """Static batching, the way this backend worked before the scheduler (kept as a benchmark baseline).
+
+        The prompts' rows run as whole engine batches of ``max_batch_size`` rows, one batch at a time, no
+        row joining a running batch; a call waits for every earlier one. Seeds are per batch
+        (``seed + batch index``), so a seeded prompt's tokens depend on its batch. No usage accounting.
+        """
+        encoded = [self.encode(p) for p in prompts]
+        rows = [(index, sample) for index in range(len(prompts)) for sample in range(params.n)]
+        rows.sort(key=lambda r: -len(encoded[r[0]]))
+        results: dict[tuple[int, int], Completion] = {}
+        stop_check = self._stop_check(params.stop)
+        for chunk_index, start in enumerate(range(0, len(rows), self.max_batch_size)):
+            chunk = rows[start : start + self.max_batch_size]
+            with self._static_lock:
+                out = self.engine.generate(
+                    [encoded[index] for index, _ in chunk],
+                    max_new_tokens=params.max_tokens,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    seed=None if params.seed is None else params.seed + chunk_index,
+                    stop_token_ids=self.eos_token_ids,
+                    stop_check=None if stop_check is None else (lambda _row, tokens: stop_check(tokens)),
+                    return_logprobs=params.logprobs,
+                )
+            for position, key in enumerate(chunk):
+                row = Row(prompt=encoded[key[0]], max_new_tokens=params.max_tokens)
+                row.tokens = out.tokens[position]
+                row.token_logprobs = out.logprobs[position]
+                row.finish_reason = out.finish_reasons[position]
+                results[key] = self.completion(row, params)
+        return [[results[(index, sample)] for sample in range(params.n)] for index in range(len(prompts))]
 
     # ------------------------------------------------------------------ scoring
 
