@@ -23,6 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# Every reported result says which memory produced it.
+STABILISED = (
+    "Memory: the package's stabilised defaults, not the paper's plain memory: the memory's output is "
+    "RMS-normalised and theta_t is capped at 1 / chunk size (docs/fidelity/titans.md, Deviations)."
+)
 OUT = Path(__file__).parent / "titans_needle"
 
 
@@ -116,6 +121,8 @@ def main() -> None:
         f"Trained {args.steps} steps at length {args.train_len} (batch 32, needles in the first "
         f"{args.train_span:.0%}), seeds {args.seeds}; accuracy of the "
         "answer token on 128 fresh samples per length (chance 0.0625); mean over seeds, per seed in brackets.",
+        "",
+        STABILISED,
         "",
         "| model | " + " | ".join(str(n) for n in args.lengths) + " | minutes per run |",
         "|---|" + "---|" * (len(args.lengths) + 1),

@@ -8,7 +8,7 @@ Every block is pre-norm with residual connections and a SwiGLU feed-forward subl
 - ``mac``:  per segment of ``window`` tokens (eqs. 21-25):
             h = M*_{prev}(q)                 retrieve with the memory at the segment start (no update)
             y = Attn([persistent || h || x]) over the segment
-            M <- store y; o = gate(y, M*(y))  the read after the update
+            M <- store y; o = gate(y, M*_t(y_t))  each token t reads the memory after its own write
 - ``transformer``: x += SWA(x), the Transformer++ baseline with the same window.
 
 ``gate(a, b) = RMSNorm(a) * sigmoid(RMSNorm(b))`` (learned vector weights, then a non-linearity: §4.2's
@@ -22,7 +22,12 @@ Deviations and open choices (also in docs/fidelity/titans.md):
 - MAC's attention is causal over the retrieved tokens too: x_t sees h_j only for j <= t (the paper's
   figure shows h as a fully visible prefix, which would let x_t see h_j = M*(q_j) of later tokens j).
   RoPE positions inside a segment: persistent 0..N_p-1, then h_j and x_j both at N_p + j.
+- MAC's eq. 25 reads M*_t(y_t) per token: token t reads the memory after the writes of y_1..y_t of its
+  segment (``memory.read="after"``), not after the whole segment. A read after the whole segment's update
+  (eq. 24 written per segment) would let token t see y_j of later tokens j > t of its segment.
 - MAC requires ``window % memory.chunk_size == 0`` so that segment ends are chunk ends.
+- Defaults: the memory's output is RMS-normalised and theta_t capped at 1 / chunk size (stabilised
+  defaults, not in the paper; ``MemoryConfig(norm=False, max_lr=...)`` gives the paper's plain memory).
 
 Streaming: :meth:`TitansLM.init_state` / :meth:`TitansLM.forward` with a state continue a sequence; feeding
 one token at a time gives the same logits as the parallel forward (tested), under ``torch.inference_mode``
@@ -137,9 +142,9 @@ class TitansBlock(nn.Module):
             m, mem_state = self.memory(h, mem_state)
             x = x + m
         elif self.variant == "mal":
-            m, mem_state = self.memory(h, mem_state)  # eq. 29-30: y = M(x~), the memory layer first
+            m, mem_state = self.memory(h, mem_state)  # eq. 30: y = M(x~), x~ = [p || x] (eq. 29)
             x = x + m
-            x = x + self.attn(self.norm_attn(x), cos, sin, **attend)  # eq. 30-31: o = SW-Attn(y)
+            x = x + self.attn(self.norm_attn(x), cos, sin, **attend)  # eq. 31: o = SW-Attn(y)
         else:  # mag
             a = self.attn(h, cos, sin, **attend)  # eq. 27: y = SW-Attn*(x~), x~ = [p || x] (eq. 26)
             m, mem_state = self.memory(h, mem_state)  # M(x~)
@@ -189,8 +194,8 @@ class TitansBlock(nn.Module):
         y = self.attn.attend(  # eq. 23: causal over h too (x_t sees h_j for j <= t), persistent always
             q, k, v, num_prefix=num_p, q_positions=local, key_positions=cache.positions
         )
-        m, mem_state = self.memory(y, state.memory)  # eq. 24 (store y), then read M*_t(y_t)
-        o = _gate(y, m, self.gate_norm_a, self.gate_norm_b)  # eq. 25
+        m, mem_state = self.memory(y, state.memory)  # eq. 24 (store y), then per token read M*_t(y_t)
+        o = _gate(y, m, self.gate_norm_a, self.gate_norm_b)  # eq. 25: o_t = y_t (x) M*_t(y_t)
         new = BlockState(
             memory=mem_state, attn=cache, segment_weights=state.segment_weights,
             read_conv=read_conv,
