@@ -34,7 +34,9 @@ def main() -> None:
     llm = LocalLLM.from_name(num_threads=1)
     start = time.perf_counter()
     svf = SVF(llm.model, SVFConfig(), progress=True)
-    print(json.dumps({"svd_seconds": round(time.perf_counter() - start, 1), "svf_params": svf.num_trainable()}))
+    print(
+        json.dumps({"svd_seconds": round(time.perf_counter() - start, 1), "svf_params": svf.num_trainable()})
+    )
     policy = SVFPolicy(svf, llm.tokenizer, llm)
     for name, knobs, mode in CANDIDATES:
         task = get_task(name)
@@ -42,8 +44,19 @@ def main() -> None:
         env = ClozeEnv(task) if mode == "cloze" else GenerationEnv(task, max_new_tokens=96)
         start = time.perf_counter()
         accuracy = env.evaluate(policy, items)
-        print(json.dumps({"task": name, "knobs": knobs, "mode": mode, "n": args.n, "accuracy": accuracy,
-                          "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "task": name,
+                    "knobs": knobs,
+                    "mode": mode,
+                    "n": args.n,
+                    "accuracy": accuracy,
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -470,6 +470,27 @@ class ClozeEnv:
             seq.append(log_pi[r.choice])
         return PolicyOutput(seq_logp=torch.stack(seq), logps=logps, mask=mask)
 
+    def reference_output(
+        self, policy: Policy, model: Any, rollouts: Sequence[Rollout], temperature: float, encoded
+    ):
+        """The base policy's option distributions, computed once per question and cached (the base never changes)."""
+        cache = self.__dict__.setdefault("_reference_cache", {})
+        missing = sorted({r.index for r in rollouts if _cloze_key(encoded[r.index]) not in cache})
+        if missing:
+            with torch.no_grad(), policy.reference():
+                scores = self._option_scores(model, [encoded[i] for i in missing])
+            for i, row in zip(missing, scores, strict=True):
+                cache[_cloze_key(encoded[i])] = row.detach()
+        t = temperature if temperature > 0 else 1.0
+        width = max(len(encoded[r.index][1]) for r in rollouts)
+        logps = torch.zeros(len(rollouts), width)
+        mask = torch.zeros(len(rollouts), width)
+        for row, r in enumerate(rollouts):
+            log_pi = torch.log_softmax(cache[_cloze_key(encoded[r.index])] / t, -1)
+            logps[row, : log_pi.numel()] = log_pi
+            mask[row, : log_pi.numel()] = 1
+        return PolicyOutput(seq_logp=torch.zeros(len(rollouts)), logps=logps, mask=mask)
+
     def kl(self, current: PolicyOutput, reference: PolicyOutput, *, normalize: str) -> torch.Tensor:
         """Exact KL(π ‖ π_ref) over the options: ``Σ_o π(o) (log π(o) − log π_ref(o))``."""
         p = torch.exp(current.logps) * current.mask
@@ -514,6 +535,11 @@ class ClozeEnv:
             self._verdict(i, int(row.argmax())).solved for i, row in zip(instances, scores, strict=True)
         )
         return solved / len(instances)
+
+
+def _cloze_key(encoded: tuple[list[int], list[list[int]]]) -> tuple[tuple[int, ...], ...]:
+    prompt, options = encoded
+    return (tuple(prompt), *(tuple(o) for o in options))
 
 
 def make_env(task: Any, *, mode: str = "auto", max_new_tokens: int = 64, score: str = "mean") -> Any:
@@ -662,8 +688,12 @@ def train_step(
             current = _policy_output(env, model, rollouts, config, encoded)
             kl = None
             if config.kl_coef > 0:
-                with torch.no_grad(), policy.reference():
-                    reference = _policy_output(env, model, rollouts, config, encoded)
+                cached = getattr(env, "reference_output", None)
+                if cached is not None:
+                    reference = cached(policy, model, rollouts, config.temperature, encoded)
+                else:
+                    with torch.no_grad(), policy.reference():
+                        reference = _policy_output(env, model, rollouts, config, encoded)
                 kl = env.kl(current, reference, normalize=config.normalize)
                 metrics["kl"] = float(kl.detach().mean())
             loss = reinforce_loss(current.seq_logp, adv, kl, kl_coef=config.kl_coef)

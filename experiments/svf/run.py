@@ -1,0 +1,312 @@
+"""A miniature Transformer² reproduction on the embedded SmolLM2-135M-Instruct (CPU, minutes per phase).
+
+Phases (each writes ``experiments/svf/results/<phase>.json``; a finished phase is skipped on rerun unless
+``--force``):
+
+- ``experts``: an SVF expert per task family and seed by REINFORCE (MLP z vectors, raw parameterization),
+  the next-token-prediction SVF ablation and the LoRA r=16 (q, v) baseline on seed 0, same loop;
+- ``matrix``: test accuracy of the base model and of every expert on every task (the expert-by-task matrix),
+  with Wilson 95% intervals;
+- ``classifier``: strategy B's classification expert, trained on *training-split* questions of the tasks;
+- ``adapt``: an unseen task (ARC-Challenge, cloze) and the mixture of the expert tasks' test questions,
+  adapted by A (prompt), B (classifier) and C (few-shot CEM, k shots, reported on n − k) against the base
+  model and LoRA.
+
+Usage::
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/svf/run.py --phases experts matrix classifier adapt
+
+``--bundle`` copies the ARC-Easy seed-0 expert to ``src/testtime/data/svf/arc_easy.safetensors`` (the demo's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from testtime.llm.loading import load_model
+from testtime.llm.local import LocalLLM
+from testtime.svf.evaluate import evaluate_strategies
+from testtime.svf.experts import expert_from_svf, load_expert, save_expert
+from testtime.svf.reinforce import LoRAPolicy, ReinforceConfig, SVFPolicy, make_env, num_trainable, train
+from testtime.svf.svf import SVF, SVFConfig
+from testtime.tasks import get_task
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+EXPERTS = HERE / "experts"
+BUNDLE = HERE.parent.parent / "src" / "testtime" / "data" / "svf" / "arc_easy.safetensors"
+
+# name -> (task, knobs, env mode, max new tokens)
+TASKS: dict[str, tuple[str, dict[str, int], str, int]] = {
+    "arc-easy": ("arc-easy", {}, "cloze", 8),
+    "arithmetic": ("arithmetic", {"digits": 2, "terms": 2}, "generate", 32),
+    "countdown": ("countdown", {"num_numbers": 2, "max_number": 20}, "generate", 48),
+}
+UNSEEN = ("arc-challenge", {}, "cloze", 8)
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(centre - half, 3), round(centre + half, 3))
+
+
+def _save(phase: str, data: Any) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{phase}.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _done(phase: str, force: bool) -> bool:
+    return (RESULTS / f"{phase}.json").is_file() and not force
+
+
+def _instances(name: str, split: str, n: int, seed: int):
+    task_name, knobs, _, _ = TASKS.get(name, UNSEEN)
+    task = get_task(task_name)
+    return task, task.instances(split, seed=seed, n=n, **knobs)
+
+
+def _env(name: str):
+    task_name, _, mode, tokens = TASKS.get(name, UNSEEN)
+    return make_env(get_task(task_name), mode=mode, max_new_tokens=tokens)
+
+
+def _config(
+    args: argparse.Namespace, seed: int, *, lora: bool = False, objective: str = "reinforce"
+) -> ReinforceConfig:
+    return ReinforceConfig(
+        objective=objective,  # type: ignore[arg-type]
+        lr=args.lora_lr if lora else args.lr,
+        max_grad_norm=args.max_grad_norm,
+        kl_coef=args.kl_coef,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
+        baseline="group" if args.num_samples > 1 else "none",
+        temperature=1.0,
+        max_steps=args.steps,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        val_fraction=0.25,
+        seed=seed,
+    )
+
+
+def phase_experts(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
+    policy = SVFPolicy(svf, tokenizer, llm)
+    out: dict[str, Any] = {"config": vars(args), "runs": []}
+    EXPERTS.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, seed, "svf") for seed in args.seeds for name in TASKS]
+    jobs += [(name, args.seeds[0], "ntp") for name in args.ntp_tasks]
+    jobs += [(name, args.seeds[0], "lora") for name in args.lora_tasks]
+    for name, seed, method in jobs:
+        task, items = _instances(name, "train", args.num_train, seed)
+        env = _env(name)
+        start = time.perf_counter()
+        if method == "lora":
+            fresh, _ = load_model()
+            lora = LoRAPolicy(fresh, tokenizer, rank=16, targets=("q_proj", "v_proj"), num_threads=1)
+            result = train(lora, env, items, _config(args, seed, lora=True))
+            path = EXPERTS / f"{name}-lora-seed{seed}"
+            lora.model.save_pretrained(path)
+            params = num_trainable(lora)
+        else:
+            svf.reset()
+            objective = "ntp" if method == "ntp" else "reinforce"
+            result = train(policy, env, items, _config(args, seed, objective=objective))
+            metrics = {"base_val": result.base_val, "best_val": result.best_val, "steps": result.steps}
+            expert = expert_from_svf(svf, base_model="smollm2", task=name, method=objective, metrics=metrics)
+            path = save_expert(expert, EXPERTS / f"{name}-{method}-seed{seed}.safetensors")
+            params = svf.num_trainable()
+            svf.reset()
+            svf.restore(llm)
+        run = {
+            "task": name, "seed": seed, "method": method, "base_val": result.base_val, "best_val": result.best_val,
+            "steps": result.steps, "seconds": round(time.perf_counter() - start, 1), "params": params, "path": str(path),
+            "train_curve": [h for h in result.history if "val_accuracy" in h],
+        }  # fmt: skip
+        print(json.dumps({k: v for k, v in run.items() if k != "train_curve"}), flush=True)
+        out["runs"].append(run)
+        _save("experts", out)
+
+
+def _accuracy_row(policy: SVFPolicy, name: str, items: list[Any]) -> dict[str, Any]:
+    env = _env(name)
+    accuracy = env.evaluate(policy, items)
+    return {"accuracy": accuracy, "n": len(items), "ci95": wilson(accuracy * len(items), len(items))}
+
+
+def phase_matrix(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
+    policy = SVFPolicy(svf, tokenizer, llm)
+    rows = []
+    test = {name: _instances(name, "test", args.num_eval, 1000)[1] for name in TASKS}
+    svf.reset()
+    for name, items in test.items():
+        rows.append({"expert": "base", "task": name, **_accuracy_row(policy, name, items)})
+        print(json.dumps(rows[-1]), flush=True)
+    for seed in args.seeds:
+        for expert_name in TASKS:
+            expert = load_expert(EXPERTS / f"{expert_name}-svf-seed{seed}.safetensors")
+            expert.apply(svf)
+            for name, items in test.items():
+                rows.append(
+                    {"expert": expert_name, "seed": seed, "task": name, **_accuracy_row(policy, name, items)}
+                )
+                print(json.dumps(rows[-1]), flush=True)
+            svf.reset()
+            _save("matrix", {"rows": rows})
+    for expert_name in args.ntp_tasks:
+        load_expert(EXPERTS / f"{expert_name}-ntp-seed{args.seeds[0]}.safetensors").apply(svf)
+        rows.append(
+            {
+                "expert": f"{expert_name} (ntp)",
+                "task": expert_name,
+                **_accuracy_row(policy, expert_name, test[expert_name]),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        svf.reset()
+    svf.restore(llm)
+    for name in args.lora_tasks:
+        from peft import PeftModel
+
+        fresh, _ = load_model()
+        peft_model = PeftModel.from_pretrained(fresh, EXPERTS / f"{name}-lora-seed{args.seeds[0]}").eval()
+        lora_policy = _FrozenPolicy(peft_model, tokenizer)
+        env = _env(name)
+        accuracy = env.evaluate(lora_policy, test[name])
+        rows.append({"expert": f"{name} (lora)", "task": name, "accuracy": accuracy, "n": len(test[name]),
+                     "ci95": wilson(accuracy * len(test[name]), len(test[name]))})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    _save("matrix", {"rows": rows})
+
+
+class _FrozenPolicy:
+    """A trained PEFT model behind the evaluation interface."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.llm = LocalLLM(model, tokenizer, num_threads=1)
+
+    def sync_for_sampling(self) -> None:
+        pass
+
+    def training(self):
+        import contextlib
+
+        return contextlib.nullcontext(self.model)
+
+
+def phase_classifier(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
+    from testtime.svf.adapt import classification_task
+    from testtime.svf.reinforce import ClozeEnv
+
+    policy = SVFPolicy(svf, tokenizer, llm)
+    questions = {}
+    for name in TASKS:
+        task, items = _instances(name, "train", args.num_cls, 7)
+        questions[name] = [task.prompt(i) for i in items]
+    cls_task, cls_items = classification_task(questions)
+    svf.reset()
+    config = _config(args, args.seeds[0])
+    result = train(policy, ClozeEnv(cls_task), cls_items, config)
+    expert = expert_from_svf(svf, base_model="smollm2", task="classifier", method="reinforce",
+                             metrics={"base_val": result.base_val, "best_val": result.best_val})  # fmt: skip
+    save_expert(expert, EXPERTS / "classifier.safetensors")
+    svf.reset()
+    svf.restore(llm)
+    out = {"base_val": result.base_val, "best_val": result.best_val, "steps": result.steps,
+           "categories": list(TASKS), "num_per_category": args.num_cls}  # fmt: skip
+    print(json.dumps(out), flush=True)
+    _save("classifier", out)
+
+
+def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
+    policy = SVFPolicy(svf, tokenizer, llm)
+    seed = args.seeds[0]
+    experts = [load_expert(EXPERTS / f"{name}-svf-seed{seed}.safetensors") for name in TASKS]
+    classifier = load_expert(EXPERTS / "classifier.safetensors")
+    out: dict[str, Any] = {"rows": []}
+    targets = [("arc-challenge", ["prompt", "classifier", "few-shot"])]
+    targets += [(name, ["prompt", "classifier"]) for name in TASKS]
+    for name, strategies in targets:
+        task, items = _instances(name, "test", args.num_adapt, 2000)
+        _, _, mode, tokens = TASKS.get(name, UNSEEN)
+        rows = evaluate_strategies(
+            model, tokenizer, task, items, experts, strategies=strategies, classifier=classifier, env_mode=mode,
+            shots=args.shots, per_layer=False, population=args.population, generations=args.generations,
+            max_new_tokens=tokens, seed=seed, policy=policy,
+        )  # fmt: skip
+        for row in rows:
+            row["task"] = name
+            row["ci95"] = wilson(row["accuracy"] * row["n"], row["n"])
+            print(json.dumps(row), flush=True)
+        out["rows"] += rows
+        _save("adapt", out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["arc-easy", "arithmetic"], choices=sorted(TASKS))
+    parser.add_argument("--phases", nargs="+", default=["experts", "matrix", "classifier", "adapt"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lora-lr", type=float, default=5e-4)
+    parser.add_argument("--max-grad-norm", type=float, default=1e-3)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--num-train", type=int, default=48)
+    parser.add_argument("--num-eval", type=int, default=60)
+    parser.add_argument("--num-cls", type=int, default=16)
+    parser.add_argument("--num-adapt", type=int, default=40)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--population", type=int, default=6)
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--ntp-tasks", nargs="*", default=["arc-easy"])
+    parser.add_argument("--lora-tasks", nargs="*", default=["arc-easy"])
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--bundle", action="store_true")
+    args = parser.parse_args()
+    for name in [n for n in TASKS if n not in args.tasks]:
+        del TASKS[name]
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model, tokenizer = load_model()
+    llm = LocalLLM(model, tokenizer, num_threads=1)
+    svf = SVF(model, SVFConfig(), progress=False)
+    phases = {
+        "experts": phase_experts,
+        "matrix": phase_matrix,
+        "classifier": phase_classifier,
+        "adapt": phase_adapt,
+    }
+    for phase in args.phases:
+        if _done(phase, args.force):
+            print(f"{phase}: done already ({RESULTS / (phase + '.json')})")
+            continue
+        start = time.perf_counter()
+        phases[phase](args, model, tokenizer, llm, svf)
+        print(f"{phase}: {time.perf_counter() - start:.0f} s", flush=True)
+    if args.bundle:
+        BUNDLE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(EXPERTS / f"arc-easy-svf-seed{args.seeds[0]}.safetensors", BUNDLE)
+        print(f"bundled {BUNDLE}")
+
+
+if __name__ == "__main__":
+    main()
