@@ -128,3 +128,11 @@ def test_resolve_rewards_errors():
         resolve_rewards("acc", task=task)
     with pytest.raises(ValueError, match="needs a task"):
         resolve_rewards("accuracy")
+
+
+def test_tag_count_partial_credit():
+    from testtime.rl.rewards import tag_count_reward
+
+    reward = tag_count_reward()
+    assert reward(None, [GOOD, "<think>a</think> 4", GOOD + GOOD, "nothing"]) == [1.0, 0.5, 0.0, 0.0]
+    assert reward(["Assistant: <think>"], ["a</think><answer>4</answer>"]) == [1.0]

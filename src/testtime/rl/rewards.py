@@ -45,6 +45,7 @@ __all__ = [
     "math_reward",
     "overlong_reward",
     "resolve_rewards",
+    "tag_count_reward",
 ]
 
 RewardFn = Callable[..., list[float]]
@@ -113,6 +114,27 @@ def format_reward(*, prefilled_think: bool | None = None) -> RewardFn:
         return out
 
     return format_reward
+
+
+def tag_count_reward(*, prefilled_think: bool | None = None) -> RewardFn:
+    """Partial format credit: 0.25 for each of the four tags that appears exactly once (a shaping reward
+    for small models that rarely hit the strict format; not in the R1 paper)."""
+
+    def tag_count(prompts: Sequence[Any] | None, completions: Sequence[Any], **_: Any) -> list[float]:
+        out = []
+        for index, completion in enumerate(completions):
+            text = completion_text(completion)
+            prefilled = prefilled_think
+            if prefilled is None:
+                prefilled = prompts is not None and _text(prompts[index]).rstrip().endswith("<think>")
+            if prefilled and "<think>" not in text:
+                text = "<think>" + text
+            out.append(
+                sum(0.25 for tag in ("<think>", "</think>", "<answer>", "</answer>") if text.count(tag) == 1)
+            )
+        return out
+
+    return tag_count
 
 
 def accuracy_reward(
@@ -245,7 +267,7 @@ def resolve_rewards(
     """Reward functions from a comma-separated spec (the CLI's ``--rewards``).
 
     Names: ``accuracy`` (binary, needs ``task``), ``graded`` (the task's graded score), ``format``,
-    ``language`` (English), ``overlong`` (cache = a quarter of ``max_completion_length``), ``math``.
+    ``tags`` (partial format credit), ``language`` (English), ``overlong`` (cache = a quarter of ``max_completion_length``), ``math``.
 
     Raises:
         ValueError: an unknown name, or ``accuracy``/``graded`` without a task.
@@ -260,6 +282,8 @@ def resolve_rewards(
             out.append(accuracy_reward(task, graded=name == "graded"))
         elif name == "format":
             out.append(format_reward())
+        elif name == "tags":
+            out.append(tag_count_reward())
         elif name == "language":
             out.append(language_consistency_reward("en"))
         elif name == "overlong":
@@ -273,7 +297,7 @@ def resolve_rewards(
             out.append(math_reward())
         else:
             raise ValueError(
-                f"unknown reward {name!r}; choose from accuracy, graded, format, language, overlong, math"
+                f"unknown reward {name!r}; choose from accuracy, graded, format, tags, language, overlong, math"
             )
     if not out:
         raise ValueError("no reward functions given")
