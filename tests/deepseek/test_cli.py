@@ -21,10 +21,10 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_generate_from_a_transformers_directory_and_user_errors(tmp_path: Path) -> None:
     torch.manual_seed(0)
     DeepSeekV3ForCausalLM(DeepSeekV3Config.tiny(vocab_size=257)).save_pretrained(tmp_path)
-    plain = _run("generate", str(tmp_path), "-p", "hi", "-n", "6")
+    plain = _run("generate", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "6")
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.startswith("hi") and "tokens/s" in plain.stderr
-    spec = _run("generate", str(tmp_path), "-p", "hi", "-n", "6", "--speculative")
+    spec = _run("generate", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "6", "--speculative")
     assert spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout and "acceptance" in spec.stderr
 
@@ -71,6 +71,6 @@ def test_train_then_generate(tmp_path: Path) -> None:
         timeout=600,
     )
     assert train.returncode == 0, train.stderr
-    gen = _run("generate", str(out), "-p", "ab", "-n", "4", "--speculative")
+    gen = _run("generate", str(out), "--prompt", "ab", "--max-new-tokens", "4", "--speculative")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("ab")

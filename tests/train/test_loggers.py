@@ -1,4 +1,4 @@
-"""Loggers: the default does nothing, jsonl and TensorBoard write what they are given, wandb/trackio are lazy."""
+"""Loggers: metrics.jsonl is always written, jsonl and TensorBoard write what they are given, wandb/trackio are lazy."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from testtime.errors import UserError
 from testtime.train.loggers import make_loggers
 
 
-def test_default_is_a_no_op(tmp_path: Path) -> None:
+def test_metrics_jsonl_is_always_written(tmp_path: Path) -> None:
     loggers = make_loggers([], out_dir=tmp_path, project="p", run_name="r", config={})
     loggers.log({"a": 1.0}, 1)
     loggers.close()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["a"] == 1.0
+    assert len(make_loggers(["jsonl"], out_dir=tmp_path, project="p", run_name="r", config={}).loggers) == 1
     assert (
         make_loggers(["jsonl"], out_dir=tmp_path, project="p", run_name="r", config={}, enabled=False).loggers
         == []

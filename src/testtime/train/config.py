@@ -17,9 +17,42 @@ from typing import Any
 
 from testtime.errors import UserError
 
-__all__ = ["LOGGERS", "TrainConfig", "load_config", "parse_overrides", "validate"]
+__all__ = [
+    "ALIASES",
+    "LOGGERS",
+    "TrainConfig",
+    "family_command",
+    "load_config",
+    "parse_overrides",
+    "validate",
+]
 
 LOGGERS = ("jsonl", "tensorboard", "wandb", "trackio")
+
+# Flag names (docs/cli.md) accepted as configuration keys, in config files and in --set.
+ALIASES = {"out": "out_dir", "threads": "num_threads", "logger": "loggers"}
+
+
+def family_command(model: str) -> str:
+    """The command group that trains ``model``: ``lm`` for the baseline, else the name's first part."""
+    family = model.split("-")[0]
+    return family if family in ("titans", "deepseek") else "lm"
+
+
+def canonical_key(key: str) -> str:
+    """``max-steps`` -> ``max_steps``; flag aliases (``out``, ``threads``, ``logger``) -> the field name."""
+    key = key.replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def _unknown_key_message(unknown: list[str], known: list[str]) -> str:
+    import difflib
+
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known + list(ALIASES), n=1, cutoff=0.5)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown training option {', '.join(parts)}; options: {', '.join(known)}"
 
 
 @dataclass(kw_only=True)
@@ -114,9 +147,10 @@ def config_from_dict(data: Mapping[str, Any], *, base: TrainConfig | None = None
     """
     base = base or TrainConfig()
     hints = _field_types()
+    data = {canonical_key(k): v for k, v in data.items()}
     unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise UserError(f"unknown training option(s) {unknown}; options: {', '.join(sorted(hints))}")
+        raise UserError(_unknown_key_message(unknown, sorted(hints)))
     values: dict[str, Any] = {}
     for name, value in data.items():
         if typing.get_origin(hints[name]) is list and isinstance(value, str):
@@ -184,6 +218,15 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> None:
         if not ok:
             raise UserError(message)
 
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float):
+            need(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            need(abs(value) < 2**53, f"{f.name} is too large: {value}")
+    need(0 <= cfg.seed < 2**32, f"seed must be in 0..2**32-1, got {cfg.seed}")
     positive = ("seq_len", "batch_size", "max_steps", "eval_sequences", "log_every", "bpe_vocab_size")
     for name in positive:
         need(getattr(cfg, name) >= 1, f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -1,4 +1,4 @@
-"""Metric loggers: nothing by default, or any of JSON lines, TensorBoard, Weights & Biases and trackio.
+"""Metric loggers: JSON lines always (``metrics.jsonl``), plus any of TensorBoard, Weights & Biases and trackio.
 
 Each logger has ``log(metrics, step)`` and ``close()``; the loop always calls them (through
 :class:`Loggers`, which fans out to none or several), so it never branches on whether logging is on.
@@ -100,11 +100,15 @@ def make_loggers(
     config: dict[str, Any],
     enabled: bool = True,
 ) -> Loggers:
-    """Build the named loggers (only on the main process: ``enabled=False`` gives the no-op)."""
+    """Build the named loggers (only on the main process: ``enabled=False`` gives the no-op).
+
+    ``jsonl`` (``<out_dir>/metrics.jsonl``) is always among them, whatever ``names`` says: every run keeps
+    its history in its folder.
+    """
     if not enabled:
         return Loggers()
     out: list[Logger] = []
-    for name in names:
+    for name in ["jsonl", *(n for n in names if n != "jsonl")]:
         if name == "jsonl":
             out.append(JsonlLogger(out_dir))
         elif name == "tensorboard":

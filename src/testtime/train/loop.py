@@ -35,7 +35,7 @@ from torch import nn
 from testtime.errors import UserError
 from testtime.train import distributed
 from testtime.train.checkpoint import CheckpointFiles, latest_checkpoint, load_checkpoint, save_checkpoint
-from testtime.train.config import TrainConfig, validate
+from testtime.train.config import TrainConfig, family_command, validate
 from testtime.train.data import (
     PackedSequences,
     SampleOrder,
@@ -223,6 +223,87 @@ def _find_checkpoint(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
     return path
 
 
+def check_resume_compatible(cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` with another model family or architecture, before anything is written.
+
+    Compares the model name and the resolved model fields of the checkpoint's ``config.yaml`` with what
+    ``cfg`` asks for; a mismatch is one line that names the folder, the two models and the way out.
+    """
+    import yaml
+
+    from testtime.train.registry import get_model_spec
+
+    try:
+        saved = yaml.safe_load((ckpt / CheckpointFiles.config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read the configuration of checkpoint {ckpt}: {exc}") from exc
+    folder = Path(cfg.out_dir)
+    suggestion = f"runs/{family_command(cfg.model)}"
+    if Path(suggestion).resolve() == folder.resolve():
+        suggestion = f"{folder}-2"
+    way_out = (
+        f"train into another folder with --out (e.g. --out {suggestion}); nothing in {folder} was changed"
+    )
+    if saved.get("model") != cfg.model:
+        raise UserError(
+            f"{folder} holds a {saved.get('model')!r} run (checkpoint {ckpt.name}); this run trains "
+            f"{cfg.model!r}: {way_out}"
+        )
+    spec = get_model_spec(cfg.model)
+    wanted = dataclasses.asdict(resolve_model_config(spec, cfg.preset, cfg.model_config))
+    wanted = json.loads(json.dumps(wanted, default=str))
+    have = saved.get("model_config") or {}
+    differ = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))
+    if differ:
+        details = ", ".join(f"{k}: {have.get(k)!r} there, {wanted.get(k)!r} asked" for k in differ[:4])
+        raise UserError(
+            f"{folder} holds a {cfg.model} of another shape (checkpoint {ckpt.name}; {details}); resume with "
+            f"the same --preset/--set model_config, or {way_out}"
+        )
+
+
+class _InterruptFlag:
+    """While active, Ctrl-C (SIGINT) asks the loop to stop after the current step instead of killing it.
+
+    A second Ctrl-C interrupts at once. Only installed in the main thread of a single process (under
+    torchrun every rank would have to agree on the step, so the default behaviour stays).
+    """
+
+    def __init__(self, *, enabled: bool) -> None:
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step (press again to stop at once)", flush=True)
+
+    def __enter__(self) -> _InterruptFlag:
+        if self.enabled:
+            import signal
+
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupt_message(cfg: TrainConfig, step: int, kept: Path | None) -> str:
+    where = f"checkpoint {kept} is kept" if kept is not None else "no checkpoint was written"
+    resume = f"testtime {family_command(cfg.model)} train --out {cfg.out_dir} --model {cfg.model}"
+    if cfg.preset:
+        resume += f" --preset {cfg.preset}"
+    return f"interrupted at step {step}; {where}. Resume with: {resume} (plus your other options)"
+
+
 def _micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     micro = cfg.micro_batch_size or cfg.batch_size // world_size
     return micro, cfg.batch_size // (micro * world_size)
@@ -252,11 +333,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
     micro_bs, grad_accum = _micro_batches(cfg, info.world_size)
     out_dir = Path(cfg.out_dir)
     ckpt_root = out_dir / "checkpoints"
+    ckpt = _find_checkpoint(cfg, ckpt_root)
+    if ckpt is not None:  # checked before anything in the folder is written
+        check_resume_compatible(cfg, ckpt)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_initialized():
         dist.barrier()
-    ckpt = _find_checkpoint(cfg, ckpt_root)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -315,6 +398,15 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
             keep=cfg.keep_checkpoints,
         )
 
+    def emit(line: str) -> None:
+        """A line that stays (above the progress bar, or alone without one); main process only."""
+        if not info.is_main:
+            return
+        if cfg.progress:
+            bar.write(line)
+        else:
+            print(line, flush=True)
+
     def run_eval() -> None:
         if data.val is None:
             return
@@ -330,6 +422,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
         result.evals[step] = bpb
         loggers.log({"val/bpb": bpb}, step)
         bar.set_postfix_str(f"loss {last_loss:.4f} val bpb {bpb:.4f}")
+        emit(f"step {step}/{cfg.max_steps}: validation {bpb:.4f} bits per byte")
 
     from tqdm.auto import tqdm
 
@@ -342,64 +435,92 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> TrainResult:
         )
     lr, last_loss, tokens_seen, t0 = cfg.lr, float("nan"), 0, time.perf_counter()
     model.train()
-    while step < cfg.max_steps:
-        # ---- schedule ----
-        lr = lr_at(
-            step,
-            lr=cfg.lr,
-            warmup_steps=cfg.warmup_steps,
-            max_steps=cfg.max_steps,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # ---- forward / backward over the micro-batches of this process ----
-        loss_sum = torch.zeros((), device=info.device)
-        metric_sums: dict[str, torch.Tensor] = {}
-        for micro in range(grad_accum):
-            start = position + (micro * info.world_size + info.rank) * micro_bs
-            x, y = (t.to(info.device) for t in data.train.batch(order.indices(start, micro_bs)))
-            with _grad_sync(model, micro == grad_accum - 1), autocast():
-                out = model(x, y)
-                loss = output_field(out, "loss")
-                if loss is None:
-                    raise TypeError(f"model {cfg.model!r} returned no `loss` for labelled input")
-                (loss / grad_accum).backward()
-            loss_sum += loss.detach().float()
-            for name, value in (output_field(out, "metrics") or {}).items():
-                metric_sums[name] = (
-                    metric_sums.get(name, 0.0) + torch.as_tensor(value, device=info.device).detach().float()
+    stop = _InterruptFlag(enabled=info.is_main and info.world_size == 1)
+    consistent = True  # model, optimizer, step and position describe the same moment
+    try:
+        with stop:
+            while step < cfg.max_steps:
+                consistent = False
+                # ---- schedule ----
+                lr = lr_at(
+                    step,
+                    lr=cfg.lr,
+                    warmup_steps=cfg.warmup_steps,
+                    max_steps=cfg.max_steps,
+                    min_lr_ratio=cfg.min_lr_ratio,
                 )
-        # ---- clip, step ----
-        grad_norm = None
-        if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if callable(hook):
-            hook()
-        step += 1
-        position += cfg.batch_size
-        tokens_seen += cfg.batch_size * cfg.seq_len
-        bar.update(1)
-        # ---- log / eval / checkpoint ----
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            count = grad_accum * info.world_size
-            values = distributed.all_reduce_sum(torch.stack([loss_sum, *metric_sums.values()])) / count
-            last_loss = float(values[0])
-            result.losses[step] = last_loss
-            metrics = {"train/loss": last_loss, "train/lr": lr}
-            metrics |= {f"train/{k}": float(v) for k, v in zip(metric_sums, values[1:].tolist(), strict=True)}
-            if grad_norm is not None:
-                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                metrics["train/grad_norm"] = float(norm)
-            metrics["train/tokens_per_s"] = tokens_seen / (time.perf_counter() - t0)
-            loggers.log(metrics, step)
-            bar.set_postfix_str(f"loss {last_loss:.4f} lr {lr:.2e}")
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            run_eval()
-        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
-            save()
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # ---- forward / backward over the micro-batches of this process ----
+                loss_sum = torch.zeros((), device=info.device)
+                metric_sums: dict[str, torch.Tensor] = {}
+                for micro in range(grad_accum):
+                    start = position + (micro * info.world_size + info.rank) * micro_bs
+                    x, y = (t.to(info.device) for t in data.train.batch(order.indices(start, micro_bs)))
+                    with _grad_sync(model, micro == grad_accum - 1), autocast():
+                        out = model(x, y)
+                        loss = output_field(out, "loss")
+                        if loss is None:
+                            raise TypeError(f"model {cfg.model!r} returned no `loss` for labelled input")
+                        (loss / grad_accum).backward()
+                    loss_sum += loss.detach().float()
+                    for name, value in (output_field(out, "metrics") or {}).items():
+                        metric_sums[name] = (
+                            metric_sums.get(name, 0.0)
+                            + torch.as_tensor(value, device=info.device).detach().float()
+                        )
+                # ---- clip, step ----
+                grad_norm = None
+                if cfg.grad_clip > 0:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if callable(hook):
+                    hook()
+                step += 1
+                position += cfg.batch_size
+                tokens_seen += cfg.batch_size * cfg.seq_len
+                consistent = True  # the step is whole: saving now loses nothing
+                bar.update(1)
+                # ---- log / eval / checkpoint ----
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    count = grad_accum * info.world_size
+                    values = (
+                        distributed.all_reduce_sum(torch.stack([loss_sum, *metric_sums.values()])) / count
+                    )
+                    last_loss = float(values[0])
+                    result.losses[step] = last_loss
+                    metrics = {"train/loss": last_loss, "train/lr": lr}
+                    metrics |= {
+                        f"train/{k}": float(v) for k, v in zip(metric_sums, values[1:].tolist(), strict=True)
+                    }
+                    if grad_norm is not None:
+                        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                        metrics["train/grad_norm"] = float(norm)
+                    metrics["train/tokens_per_s"] = tokens_seen / (time.perf_counter() - t0)
+                    loggers.log(metrics, step)
+                    bar.set_postfix_str(f"loss {last_loss:.4f} lr {lr:.2e}")
+                    if not cfg.progress:
+                        emit(
+                            f"step {step}/{cfg.max_steps}: loss {last_loss:.4f}, lr {lr:.2e}, "
+                            f"{metrics['train/tokens_per_s']:.0f} tokens/s"
+                        )
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                    run_eval()
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
+                    save()
+                if stop.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        done = result.checkpoint is not None and result.checkpoint.name == f"step_{step:06d}"
+        if consistent and step > 0 and not done and info.world_size == 1:
+            save()  # the last step completed: its state is whole, keep it (one process: no collective)
+        loggers.close()
+        kept = result.checkpoint or ckpt
+        if info.is_main:
+            print(_interrupt_message(cfg, step, kept), flush=True)
+        raise
     bar.close()
     loggers.close()
     if ckpt is not None and result.checkpoint is None:  # the resumed run had already reached max_steps

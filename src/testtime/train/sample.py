@@ -13,21 +13,27 @@ from testtime.train.checkpoint import CheckpointFiles, latest_checkpoint, load_w
 from testtime.train.registry import build_model, get_model_spec, output_field, resolve_model_config
 from testtime.train.tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["generate", "load_trained", "resolve_checkpoint"]
+__all__ = ["generate", "load_trained", "peek_model_name", "resolve_checkpoint"]
 
 
 def _next_token(
-    logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float = 1.0,
 ) -> int:
-    """``logits (V,)`` -> a token id: argmax at temperature 0, else a draw from the (top-k) softmax."""
+    """``logits (V,)`` -> a token id with the package's one sampler (argmax at temperature 0)."""
+    from testtime.nn.sampling import sample_next
+
     if temperature <= 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    return int(
+        sample_next(
+            logits.float().cpu()[None], temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
+        )[0]
+    )
 
 
 @torch.no_grad()
@@ -38,6 +44,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     stop_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -56,6 +63,7 @@ def generate(
         max_new_tokens: how many tokens to add at most.
         temperature: softmax temperature (0: greedy).
         top_k: sample among the k most likely tokens only.
+        top_p: nucleus threshold (1: off).
         stop_id: stop after generating this id (e.g. ``<|endoftext|>``).
         generator: random source for sampling.
         use_cache: use the model's caches when it has them.
@@ -83,7 +91,7 @@ def generate(
         else:
             out = model(torch.tensor([ids[-max_len:]], device=device))
         logits = output_field(out, "logits")[0, -1]
-        token = _next_token(logits, temperature=temperature, top_k=top_k, generator=generator)
+        token = _next_token(logits, temperature=temperature, top_k=top_k, generator=generator, top_p=top_p)
         ids.append(token)
         new.append(token)
         pending = [token]
@@ -95,6 +103,10 @@ def generate(
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a run folder, a checkpoints folder, or a checkpoint folder itself."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"{path} does not exist (expected a run folder, e.g. runs/lm, or a checkpoint folder)"
+        )
     for candidate in (path / "checkpoints", path):
         if (candidate / "latest").is_file():
             found = latest_checkpoint(candidate)
@@ -103,6 +115,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / CheckpointFiles.model).is_file():
         return path
     raise UserError(f"no checkpoint found at {path} (expected a run folder or a checkpoint folder)")
+
+
+def peek_model_name(path: str | Path) -> str:
+    """The registry name of the model in a run or checkpoint folder, read from its config.yaml (no weights)."""
+    import yaml
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        saved = yaml.safe_load((ckpt / CheckpointFiles.config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {ckpt / CheckpointFiles.config}: {exc}") from exc
+    return str(saved.get("model", "?"))
 
 
 def load_trained(
