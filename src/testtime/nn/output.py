@@ -3,7 +3,7 @@
 It lives at the bottom of the package so that model code (Titans, the Transformer++ baseline, user models)
 can return it without importing the trainer; :mod:`testtime.train.registry` re-exports it.
 
-Shape legend: ``n`` batch, ``t`` positions, ``V`` vocabulary.
+Shape legend: ``b`` batch, ``t`` positions, ``V`` vocabulary.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class LMOutput:
     """What a model's forward returns.
 
     Attributes:
-        logits: ``(n, t, V)`` next-token logits.
+        logits: ``(b, t, V)`` next-token logits.
         loss: scalar training objective, or None without labels.
         metrics: extra scalars to log (e.g. an auxiliary loss, a load-balance statistic).
     """

@@ -12,7 +12,7 @@ theta = 0.5 at chunk size 1). The bundled trained MAC model uses the package's s
 are not in the paper: the memory's output is RMS-normalised and theta_t is capped at 1 / chunk size
 (docs/fidelity/titans.md, "Deviations"); the demo says so where it reports that model's numbers.
 
-Shapes: t trials, n tokens, d key width.
+Shapes: r trials, n tokens, d key width.
 """
 
 from __future__ import annotations

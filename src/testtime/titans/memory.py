@@ -8,7 +8,7 @@ gradient descent with momentum and forgetting on the associative loss (eqs. 9-14
     M_t    = (1 - alpha_t) M_{t-1} + S_t                          (13)
 
 and is read without an update, y_t = M*(q_t) (eq. 15). Training is chunked (§3.2, eqs. 16-18): inside a
-chunk of b tokens all gradients are taken at the chunk-start weights, so they are computed in parallel; the
+chunk of c tokens all gradients are taken at the chunk-start weights, so they are computed in parallel; the
 momentum and decay recurrences are linear, so inside the chunk they become lower-triangular coefficient
 matrices (the parallel scan of eq. 18 in closed form); across chunks the recurrence stays non-linear and
 sequential.
@@ -33,8 +33,9 @@ Deviations and open choices (also in docs/fidelity/titans.md):
 - Read mode, MLP activation, M_0, gate parameterisation, conv kernel width, output norm and gate form are
   options in :class:`~testtime.titans.config.MemoryConfig` with documented defaults.
 
-Shapes: b batch, n sequence, h heads, g = b*h independent memories, c chunk, d head_dim,
-d_in / d_out the sides of one memory weight matrix, e the MLP hidden width, L = depth.
+Shapes: b batch, n sequence, h heads, g = b*h independent memories, c chunk length (the paper's b in
+eqs. 16-18), d head_dim, d_in / d_out the sides of one memory weight matrix, e the MLP hidden width,
+L = depth.
 """
 
 from __future__ import annotations
@@ -520,7 +521,7 @@ def memory_scan(
         q, k, v: (g, n, d).
         theta: (g, n); log_eta, log_gamma: (g, n) or None (no momentum / no forgetting).
         weights: L tensors (g, d_in, d_out), M_0; momenta: the same shapes (S_0), or [] without momentum.
-        chunk_size: b of eq. 16.
+        chunk_size: c, the chunk length (the paper writes b in eq. 16).
         act, residual, read, norm: see :class:`~testtime.titans.config.MemoryConfig`.
         checkpoint_every: chunks between states stored for the backward (None: ~sqrt(number of chunks);
             0: plain autograd, every chunk's weights stored).

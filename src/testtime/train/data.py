@@ -6,7 +6,7 @@ followed by ``<|endoftext|>`` -> one long token stream per split -> non-overlapp
 order, epoch after epoch; the sample for global position ``n`` is a pure function of ``(seed, n)``, so the
 data position of a run is one integer (the number of sequences consumed) and resuming needs nothing else.
 
-Shape legend: ``n`` sequences in a batch, ``t`` sequence length.
+Shape legend: ``b`` sequences in a batch, ``t`` sequence length.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class PackedSequences:
         return self.num_sequences
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``indices (n,) -> input_ids (n, t), labels (n, t)`` with ``labels[:, j] = input_ids[:, j + 1]``."""
+        """``indices (b,) -> input_ids (b, t), labels (b, t)`` with ``labels[:, j] = input_ids[:, j + 1]``."""
         starts = indices.long()[:, None] * self.seq_len
         window = self.tokens[starts + torch.arange(self.seq_len + 1)]
         return window[:, :-1], window[:, 1:]

@@ -2,11 +2,11 @@
 
 A trainable model is any ``torch.nn.Module`` with
 
-* ``forward(input_ids, labels=None)``: ``input_ids`` and ``labels`` are ``(n, t)`` int64 (labels are the
+* ``forward(input_ids, labels=None)``: ``input_ids`` and ``labels`` are ``(b, t)`` int64 (labels are the
   next tokens; ``-100`` is ignored). It returns an :class:`LMOutput` or a mapping/object with
 
   - ``loss``: scalar tensor, the training objective (with any auxiliary terms), required when labels are given;
-  - ``logits``: ``(n, t, vocab)``, used for evaluation in bits per byte and for sampling;
+  - ``logits``: ``(b, t, vocab)``, used for evaluation in bits per byte and for sampling;
   - ``metrics`` (optional): ``{name: scalar}``, averaged over micro-batches and logged as ``train/<name>``;
 
 * optionally ``after_optimizer_step()``: called on the unwrapped module, on every process, right after each

@@ -2,11 +2,12 @@
 
 "Transformer++" is the name the Titans paper (and Mamba before it) gives this recipe; it is the comparison
 point for the Titans and DeepSeek-V3 experiments. Blocks are :class:`testtime.nn.TransformerBlock`
-(``x + attn(norm(x))`` then ``x + mlp(norm(x))``, the same block as Titans' sliding-window baseline); the input embedding and the output head are tied by default, as in GPT-2 and nanoGPT.
+(``x + attn(norm(x))`` then ``x + mlp(norm(x))``, the same block as Titans' sliding-window baseline); the
+input embedding and the output head are tied by default, as in GPT-2 and nanoGPT.
 Weights start from N(0, 0.02), with the two residual output projections per block scaled down by
 ``1/sqrt(2 * num_layers)`` (GPT-2's initialisation).
 
-Shape legend: ``n`` batch, ``t`` positions, ``D`` width, ``V`` vocabulary.
+Shape legend: ``b`` batch, ``t`` positions, ``D`` model width, ``V`` vocabulary.
 """
 
 from __future__ import annotations
@@ -130,12 +131,12 @@ class Transformer(nn.Module):
         """Logits for every position and, with labels, the mean next-token cross-entropy.
 
         Args:
-            input_ids: ``(n, t)`` token ids.
-            labels: ``(n, t)`` next-token ids (``-100`` ignored), or None.
+            input_ids: ``(b, t)`` token ids.
+            labels: ``(b, t)`` next-token ids (``-100`` ignored), or None.
             caches: per-layer caches for incremental decoding; positions continue after the cached ones.
 
         Returns:
-            ``LMOutput(logits (n, t, V), loss)``.
+            ``LMOutput(logits (b, t, V), loss)``.
         """
         start = caches[0].length if caches else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
