@@ -1,0 +1,36 @@
+"""The comparison's statistics: Wilson intervals, summaries, success against budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from testtime.evolve.compare import success_curve, summarize, table, wilson_interval
+
+
+def test_wilson_interval_matches_published_values():
+    # 95% Wilson intervals (z = 1.96): 0/10 -> [0, 0.2775], 5/10 -> [0.2366, 0.7634], 10/10 -> [0.7225, 1]
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def _row(method, seed, solved, calls_to_solve, calls=8):
+    return {
+        "method": method, "instance": "i", "seed": seed, "solved": solved, "calls_to_solve": calls_to_solve,
+        "calls": calls, "input_tokens": 100, "output_tokens": 10, "wall_seconds": 1.0, "price": 0.0,
+    }  # fmt: skip
+
+
+def test_summary_and_curve():
+    rows = [
+        _row("a", 0, True, 3),
+        _row("a", 1, False, None),
+        _row("a", 0, True, 8),
+        _row("b", 0, False, None),
+    ]
+    (a, b) = summarize(rows)
+    assert (a.method, a.runs, a.solved, b.solved) == ("a", 3, 2, 0)
+    assert a.seed_std == pytest.approx(((1.0 - 0.5) ** 2 + (0.0 - 0.5) ** 2) ** 0.5)
+    assert success_curve(rows, "a", [1, 3, 7, 8]) == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3])
+    assert "| a | 2/3 (67%)" in table([a, b])
