@@ -211,7 +211,7 @@ class LocalLLM(BaseLLM):
             completion_tokens=len(tokens),
             token_ids=list(tokens),
             logprobs=list(row.token_logprobs) if params.logprobs else None,
-            top_logprobs=[dict(step) for step in row.tops] if params.top_logprobs else None,
+            top_logprobs=_tops(row, 0, len(tokens)) if params.top_logprobs is not None else None,
         )
 
     def _submit_all(self, encoded: list[list[int]], params: SamplingParams) -> list[RequestHandle]:
@@ -316,3 +316,8 @@ class LocalLLM(BaseLLM):
         prompt_ids = [self.encode(p) for p in prompts]
         completion_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
         return self.score_tokens(prompt_ids, completion_ids)
+
+
+def _tops(row: Row, start: int, end: int) -> list[dict[int, float]]:
+    """The top log-probabilities of a row's tokens ``[start, end)`` (empty dicts when none were recorded)."""
+    return [dict(row.tops[j]) if j < len(row.tops) else {} for j in range(start, end)]

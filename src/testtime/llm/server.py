@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from testtime.llm.engine import Row
-from testtime.llm.local import LocalLLM
+from testtime.llm.local import LocalLLM, _tops
 from testtime.llm.protocol import Completion, SamplingParams
 
 __all__ = [
@@ -539,7 +539,7 @@ async def stream_events(
             logprobs = None
             if params.logprobs and new_ids:
                 lps = row.token_logprobs[sent_tokens[i] : upto]
-                tops = [dict(t) for t in row.tops[sent_tokens[i] : upto]] if params.top_logprobs else None
+                tops = _tops(row, sent_tokens[i], upto) if params.top_logprobs is not None else None
                 logprobs = (
                     _chat_logprobs(llm, new_ids, lps, tops)
                     if chat
