@@ -63,13 +63,16 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(centre - half, 3), round(centre + half, 3))
 
 
+TAG = {"value": ""}  # results file suffix (--tag), so that runs with other seeds do not overwrite
+
+
 def _save(phase: str, data: Any) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{phase}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{phase}{TAG['value']}.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _done(phase: str, force: bool) -> bool:
-    return (RESULTS / f"{phase}.json").is_file() and not force
+    return (RESULTS / f"{phase}{TAG['value']}.json").is_file() and not force
 
 
 def _instances(name: str, split: str, n: int, seed: int):
@@ -280,8 +283,10 @@ def main() -> None:
     parser.add_argument("--ntp-tasks", nargs="*", default=["arc-easy"])
     parser.add_argument("--lora-tasks", nargs="*", default=["arc-easy"])
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the results files (e.g. -seed1)")
     parser.add_argument("--bundle", action="store_true")
     args = parser.parse_args()
+    TAG["value"] = args.tag
     for name in [n for n in TASKS if n not in args.tasks]:
         del TASKS[name]
     torch.set_num_threads(1)

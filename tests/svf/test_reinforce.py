@@ -169,3 +169,21 @@ def test_generation_reinforce_and_ntp_steps_and_early_stopping(tiny_llama_dir):
         # The kept state is the best validated one: the base vectors when validation never improved.
         if max(validations[1:]) <= validations[0]:
             assert all((v - 1).abs().max() == 0 for v in svf.vectors().values())
+
+
+def test_cloze_cached_reference_equals_a_reference_pass(tiny_llama_dir):
+    pytest.importorskip("testtime.rl.logprobs")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    svf = SVF(model, SVFConfig(cache=False, init_noise=0.3))
+    policy = SVFPolicy(svf, build_tiny_tokenizer())
+    env = ClozeEnv(_ToyCloze())
+    rollouts, encoded = env.rollouts(policy, _toy_instances(3), num_samples=2, temperature=1.0, seed=0)
+    with torch.no_grad(), policy.training() as factored:
+        cached = env.reference_output(policy, factored, rollouts, 1.0, encoded)
+        again = env.reference_output(policy, factored, rollouts, 1.0, encoded)  # from the cache
+        with policy.reference():
+            direct = env.policy_output(factored, rollouts, normalize="sum", temperature=1.0, encoded=encoded)
+        adapted = env.policy_output(factored, rollouts, normalize="sum", temperature=1.0, encoded=encoded)
+    torch.testing.assert_close(cached.logps, direct.logps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(again.logps, cached.logps, rtol=0, atol=0)
+    assert (adapted.logps - direct.logps).abs().max() > 1e-4  # the noisy z differs from the base

@@ -98,6 +98,8 @@ def test_identity_reproduces_base_logits(model64, parameterization):
     with torch.no_grad(), svf.factored() as factored:
         factored_logits = factored(IDS).logits
     torch.testing.assert_close(factored_logits, base, rtol=0, atol=1e-10)
+    with torch.no_grad(), svf.factored() as factored, svf.using_multipliers(None):
+        torch.testing.assert_close(factored(IDS).logits, base, rtol=0, atol=0)  # the reference pass
     svf.merge()
     with torch.no_grad():
         merged_logits = model64(IDS).logits

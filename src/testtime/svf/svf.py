@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from testtime.errors import UserError
@@ -346,6 +347,8 @@ class SVFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self._owner[0]
+        if owner._identity:  # the base model (reference passes): the original weight, one matmul
+            return F.linear(x, owner._base_weights[self.name], self.base.bias)
         dec = owner.decomposition
         f = owner.effective(self.name)
         u, s, vh = dec.u[self.name], dec.s[self.name], dec.vh[self.name]
@@ -433,6 +436,7 @@ class SVF(nn.Module):
             self.z[self.key(name)] = nn.Parameter(init.to(self.decomposition.s[name].device))
         # A fixed multiplier per name (strategy C's mixtures, reference passes) overrides z when set.
         self._override: dict[str, torch.Tensor] | None = None
+        self._identity = False  # the override is the identity: factored modules run the base weights
         self._factored = False
 
     # --------------------------------------------------------------- bookkeeping
@@ -500,19 +504,22 @@ class SVF(nn.Module):
         for param in self.z.values():
             param.fill_(self.config.identity_value)
         self._override = None
+        self._identity = False
 
     @contextlib.contextmanager
     def using_multipliers(self, multipliers: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
-        """Within the block, use fixed multipliers ``m`` instead of z (None: the identity, i.e. the base model)."""
+        """Within the block, use fixed multipliers ``m`` instead of z (None: the base model, whose factored
+        forward then runs the original weights directly)."""
+        identity = multipliers is None
         if multipliers is None:
-            ones = {n: torch.ones_like(self.decomposition.s[n]) for n in self.names}
-            multipliers = ones
-        previous = self._override
+            multipliers = {n: torch.ones_like(self.decomposition.s[n]) for n in self.names}
+        previous = (self._override, self._identity)
         self._override = {n: multipliers[n].detach().to(self.decomposition.s[n]) for n in self.names}
+        self._identity = identity
         try:
             yield
         finally:
-            self._override = previous
+            self._override, self._identity = previous
 
     # --------------------------------------------------------------- forward modes
 
