@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--parallel-runs", type=int, default=8, help="runs searched at once")
     parser.add_argument("--out", default="experiments/evolve_mini")
     args = parser.parse_args()
 
@@ -96,6 +97,7 @@ def main() -> None:
             config=config,
             out_dir=out / name,
             on_run=report,
+            parallel_runs=args.parallel_runs,
         )
         for row in rows:
             row.update(task=name, knobs=knobs)

@@ -89,6 +89,7 @@ def test_compare_bad_values(tmp_path):
         (["--methods", "foo"], "unknown method"),
         (["--max-calls", "0"], "--max-calls"),
         (["--num-instances", "0"], "--num-instances"),
+        (["--parallel-runs", "0"], "--parallel-runs"),
     ):
         base = [
             "compare",

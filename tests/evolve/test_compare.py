@@ -34,3 +34,23 @@ def test_summary_and_curve():
     assert a.seed_std == pytest.approx(((1.0 - 0.5) ** 2 + (0.0 - 0.5) ** 2) ** 0.5)
     assert success_curve(rows, "a", [1, 3, 7, 8]) == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3])
     assert "| a | 2/3 (67%)" in table([a, b])
+
+
+def test_parallel_runs_give_the_same_rows(tmp_path):
+    from testtime.evolve import EvolveConfig
+    from testtime.evolve.compare import run_comparison
+    from testtime.llm.protocol import SamplingParams
+    from testtime.tasks import get_task
+
+    from .helpers import SeededFake
+
+    task = get_task("countdown")
+    instances = task.instances(seed=0, n=3, num_numbers=2)
+    kwargs = dict(seeds=[0, 1], calls=6, params=SamplingParams(max_tokens=8), config=EvolveConfig.tiny())
+    methods = ["mind-evolution", "best-of-n", "sequential-revision+"]
+    serial = run_comparison(SeededFake(), task, instances, methods, **kwargs)
+    parallel = run_comparison(SeededFake(delay=0.002), task, instances, methods, parallel_runs=5, **kwargs)
+    drop = ("wall_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
+        {k: v for k, v in r.items() if k not in drop} for r in parallel
+    ]

@@ -264,6 +264,9 @@ def compare_command(
     top_p: float = _TOP_P,
     threads: int = _THREADS,
     concurrency: int = _CONC,
+    parallel_runs: int = typer.Option(
+        4, "--parallel-runs", help="Runs searched at once (their calls share the engine's batches)."
+    ),
     out: Path = typer.Option(Path("runs/evolve-compare"), "--out", "-o", help="Run folder (resumes)."),
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
@@ -284,6 +287,8 @@ def compare_command(
         raise UserError("--seeds needs at least one seed")
     if max_calls < 1:
         raise UserError(f"--max-calls must be >= 1, got {max_calls}")
+    if parallel_runs < 1:
+        raise UserError(f"--parallel-runs must be >= 1, got {parallel_runs}")
     config = _config(preset, settings)
     params = _params(max_new_tokens, temperature, top_p)
     _budget(max_calls, None, price_input, price_output)  # validates the prices
@@ -311,6 +316,7 @@ def compare_command(
         price_input=price_input,
         price_output=price_output,
         on_run=(lambda row: bar.update(1)) if bar is not None else None,
+        parallel_runs=parallel_runs,
     )
     if bar is not None:
         bar.close()

@@ -50,37 +50,53 @@ def run_comparison(
     price_input: float = 0.0,
     price_output: float = 0.0,
     on_run: Callable[[dict[str, Any]], None] | None = None,
+    parallel_runs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run each method on each instance with each seed at a cap of ``calls`` LLM calls.
 
     Each run logs to ``out_dir/logs/<method>/<instance>-s<seed>.jsonl`` (so an interrupted comparison
     resumes) and yields one row: method, instance, seed, solved, calls_to_solve, best score and costs.
+    ``parallel_runs`` runs that many searches at once in one event loop (their calls share the local
+    engine's batches or the server's); rows keep the (method, instance, seed) order either way.
     """
+    import asyncio
+
     from testtime.evolve import make_method
 
-    rows = []
-    for method in methods:
-        for instance in instances:
-            for seed in seeds:
-                search = make_method(method, calls=calls, config=config)
-                log_path = None
-                if out_dir is not None:
-                    safe = method.replace(":", "_").replace("+", "plus")
-                    log_path = Path(out_dir) / "logs" / safe / f"{instance.id}-s{seed}.jsonl"
-                result: RunResult = search.run(
-                    llm,
-                    task.prompt(instance),
-                    task_evaluator(task, instance),
-                    seed=seed,
-                    budget=Budget(max_calls=calls, price_input=price_input, price_output=price_output),
-                    params=params,
-                    log_path=None if log_path is None else str(log_path),
-                )
-                row = {"method": method, "instance": instance.id, "seed": seed, **result.summary()}
-                rows.append(row)
-                if on_run is not None:
-                    on_run(row)
-    return rows
+    if parallel_runs < 1:
+        raise ValueError("parallel_runs must be >= 1")
+    jobs = [(m, inst, seed) for m in methods for inst in instances for seed in seeds]
+
+    async def one(method: str, instance: Any, seed: int) -> dict[str, Any]:
+        search = make_method(method, calls=calls, config=config)
+        log_path = None
+        if out_dir is not None:
+            safe = method.replace(":", "_").replace("+", "plus")
+            log_path = Path(out_dir) / "logs" / safe / f"{instance.id}-s{seed}.jsonl"
+        result: RunResult = await search.arun(
+            llm,
+            task.prompt(instance),
+            task_evaluator(task, instance),
+            seed=seed,
+            budget=Budget(max_calls=calls, price_input=price_input, price_output=price_output),
+            params=params,
+            log_path=None if log_path is None else str(log_path),
+        )
+        row = {"method": method, "instance": instance.id, "seed": seed, **result.summary()}
+        if on_run is not None:
+            on_run(row)
+        return row
+
+    async def everything() -> list[dict[str, Any]]:
+        gate = asyncio.Semaphore(parallel_runs)
+
+        async def gated(job: tuple[str, Any, int]) -> dict[str, Any]:
+            async with gate:
+                return await one(*job)
+
+        return list(await asyncio.gather(*(gated(job) for job in jobs)))
+
+    return asyncio.run(everything())
 
 
 @dataclass(kw_only=True)
