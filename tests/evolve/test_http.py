@@ -29,6 +29,10 @@ def server_url(tiny_llama_dir):
     from testtime.llm.server import create_app
 
     model, tokenizer = load_model(tiny_llama_dir, dtype=torch.float32)
+    # RCC conversations outgrow the tiny model's 512 positions with its 300-token vocabulary; RoPE has no
+    # learned positions, so a longer context is only a setting (an over-long prompt would be a failed
+    # candidate, answered 400 by the server)
+    model.config.max_position_embeddings = 4096
     app = create_app(LocalLLM(model, tokenizer, name="tiny"), model_name="tiny", max_wait_s=0.02)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
