@@ -98,7 +98,9 @@ def register(app: typer.Typer) -> None:
             help="Model: 'smollm2' (embedded), a .gguf file, a local directory or a transformers hub id.",
         ),
         out: Path = typer.Option(Path("runs"), "--out", help="Reports go to OUT/<timestamp>/report.md."),
-        seed: int = typer.Option(0, "--seed", help="Seed for everything random in the demo."),
+        seed: int = typer.Option(
+            0, "--seed", min=0, max=2**32 - 1, help="Seed for everything random in the demo."
+        ),
         only: list[str] = typer.Option(
             None,
             "--only",
