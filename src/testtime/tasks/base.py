@@ -27,7 +27,9 @@ The registry maps task names (``meeting-planning``, ``countdown``, ...) to class
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import importlib
 import json
 import math
@@ -47,9 +49,11 @@ __all__ = [
     "Verdict",
     "as_reward_fn",
     "completion_text",
+    "content_hash",
     "get_task",
     "list_tasks",
     "register_task",
+    "split_of_content",
     "task_from_function",
 ]
 
@@ -131,11 +135,28 @@ def seeded_subset(count: int, seed: int, n: int | None) -> list[int]:
 
 
 def _instance_rng(
-    name: str, split: str, seed: int, index: int, difficulty: Mapping[str, Any]
+    name: str, split: str, seed: int, index: int, difficulty: Mapping[str, Any], attempt: int = 0
 ) -> random.Random:
     """A generator seeded by a string: Python hashes str seeds with SHA-512, so it is stable across runs."""
     knobs = ",".join(f"{k}={difficulty[k]}" for k in sorted(difficulty))
-    return random.Random(f"{name}|{split}|{seed}|{index}|{knobs}")
+    retry = f"|retry{attempt}" if attempt else ""
+    return random.Random(f"{name}|{split}|{seed}|{index}|{knobs}{retry}")
+
+
+TRAIN_BUCKETS = 16  # generated content whose hash is 0 modulo this belongs to train, the rest to test
+_MAX_ATTEMPTS = 400
+
+
+def content_hash(data: Mapping[str, Any]) -> str:
+    """SHA-256 of an instance's data as canonical JSON (sorted keys): what makes two instances the same."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_of_content(data: Mapping[str, Any]) -> str:
+    """``"train"`` or ``"test"``: the split a generated problem belongs to, decided by its content alone, so
+    the two splits can never share a problem (1 in :data:`TRAIN_BUCKETS` contents is train)."""
+    return "train" if int(content_hash(data)[:8], 16) % TRAIN_BUCKETS == 0 else "test"
 
 
 class Task(ABC):
@@ -192,13 +213,30 @@ class Task(ABC):
     def _instances(
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
-        """Default for generated tasks: ``n`` calls of :meth:`generate` with per-index generators."""
-        return [
-            self.generate(
-                _instance_rng(self.name, split, seed, i, difficulty), index=i, seed=seed, **difficulty
-            )
-            for i in range(1 if n is None else n)
-        ]
+        """Default for generated tasks: ``n`` calls of :meth:`generate` with per-index generators.
+
+        With both a ``train`` and a ``test`` split, the splits are disjoint by construction: the split is
+        in the generator's seed and in train ids (``train-seed{s}-{i}``), and a problem is kept only when
+        its content hash puts it in the requested split (:func:`split_of_content`); otherwise the same index
+        draws again from a new stream.
+        """
+        partition = "train" in self.splits and "test" in self.splits
+        out = []
+        for i in range(1 if n is None else n):
+            for attempt in range(_MAX_ATTEMPTS):
+                rng = _instance_rng(self.name, split, seed, i, difficulty, attempt)
+                instance = self.generate(rng, index=i, seed=seed, **difficulty)
+                if not partition or split_of_content(instance.data) == split:
+                    break
+            else:
+                raise UserError(
+                    f"{self.name}: no {split} problem found at this difficulty ({dict(difficulty)}) that is "
+                    "disjoint from the other split; the problem space is too small"
+                )
+            if split == "train":
+                instance = dataclasses.replace(instance, id=f"train-{instance.id}")
+            out.append(instance)
+        return out
 
     def generate(self, rng: random.Random, *, index: int, seed: int, **difficulty: int) -> Instance:
         """Build one instance from ``rng`` (generated tasks override this)."""
@@ -253,7 +291,7 @@ def _guard_verify(
             answer = bytes(answer[-MAX_ANSWER * 4 :]).decode("utf-8", errors="replace")
         text = answer[-MAX_ANSWER:] if isinstance(answer, str) else ""
         try:
-            if self.numeric:
+            if getattr(self, "numeric", True):
                 text = normalize_digits(text)
             verdict = verify(self, instance, text)
             if not isinstance(verdict, Verdict):

@@ -1,6 +1,7 @@
 """GSM8K (Cobbe et al. 2021): grade-school math word problems, answers checked with math-verify.
 
-The gold answer is the number after ``#### ``. A model's final answer is extracted by math-verify
+Splits: ``test`` (1,319, the default) and ``train`` (7,473), the data set's own (no question appears in
+both), so RL can train on train and report on test. The gold answer is the number after ``#### ``. A model's final answer is extracted by math-verify
 (``\\boxed{}``, "the answer is", or the last number) from the last 4,000 characters of its text; if
 math-verify is not installed or finds nothing, the last number in the text is compared exactly. math-verify's
 signal-based timeouts only work in the main thread, so they are switched off elsewhere (RL workers).
@@ -25,9 +26,9 @@ __all__ = ["GSM8K", "gold_answer", "answers_match"]
 _TAIL = 4000  # characters of the answer that math-verify looks at
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> tuple[dict[str, Any], ...]:
-    path = resources.files("testtime") / "data" / "gsm8k" / "test.jsonl.gz"
+@functools.lru_cache(maxsize=2)
+def _load(split: str = "test") -> tuple[dict[str, Any], ...]:
+    path = resources.files("testtime") / "data" / "gsm8k" / f"{split}.jsonl.gz"
     with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
         return tuple(json.loads(line) for line in lines if line.strip())
 
@@ -72,23 +73,27 @@ def answers_match(answer: str, gold: str) -> tuple[bool, str | None]:
 
 
 class GSM8K(Task):
-    """GSM8K test split (1,319 problems); the answer is the final number."""
+    """GSM8K: the test split (1,319 problems, the default) and the train split (7,473) for RL; the answer is
+    the final number."""
 
     name = "gsm8k"
-    description = "GSM8K grade-school math (1,319 test problems), checked with math-verify"
-    splits = ("test",)
+    description = "GSM8K grade-school math (1,319 test / 7,473 train problems), checked with math-verify"
+    splits = ("test", "train")
 
     def _instances(
         self, *, split: str, seed: int, n: int | None, difficulty: Mapping[str, int]
     ) -> list[Instance]:
-        rows = _load()
+        rows = _load(split)
         out = []
         for i in seeded_subset(len(rows), seed, n):
             gold = gold_answer(rows[i]["answer"])
             data = {"question": rows[i]["question"], "answer": gold, "solution": rows[i]["answer"]}
             out.append(
                 Instance(
-                    task=self.name, id=f"test-{i}", data=data, reference=f"The answer is \\boxed{{{gold}}}."
+                    task=self.name,
+                    id=f"{split}-{i}",
+                    data=data,
+                    reference=f"The answer is \\boxed{{{gold}}}.",
                 )
             )
         return out
