@@ -92,3 +92,28 @@ def test_engine_sampling_logprobs_equal_training_forward(make_llama):
     for row, (tokens, sampled) in enumerate(zip(out.tokens, out.logprobs, strict=True)):
         assert len(tokens) == len(sampled) > 0
         torch.testing.assert_close(logps[row, : len(tokens)], torch.tensor(sampled), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_shared_prompt_path_equals_naive(temperature, make_llama):
+    """GRPO groups: identical prompts run once with a repeated cache; values and gradients unchanged."""
+    model = make_llama(seed=7)
+    prompts = [[1, 5, 6, 7]] * 3 + [[1, 9]] * 2
+    completions = [[10, 11, 12], [13], [14, 15, 16, 17], [], [18, 19]]
+    logps, mask = completion_logprobs(model, prompts, completions, temperature=temperature, chunk_size=3)
+    plain, _ = completion_logprobs(
+        model, prompts, completions, temperature=temperature, chunk_size=3, share_prompts=False
+    )
+    torch.testing.assert_close(logps, plain, atol=1e-6, rtol=1e-6)
+    assert mask.sum(-1).tolist() == [3, 1, 4, 0, 2]
+    keep = [i for i, c in enumerate(completions) if c]
+    reference = naive(model, [prompts[i] for i in keep], [completions[i] for i in keep], temperature)
+    for i, ref in zip(keep, reference, strict=True):
+        torch.testing.assert_close(logps[i, : len(ref)].double(), ref, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (logps.double() * weights * mask).sum().backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    sum((ref * weights[i, : len(ref)]).sum() for i, ref in zip(keep, reference, strict=True)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, atol=1e-6, rtol=1e-5, msg=name)

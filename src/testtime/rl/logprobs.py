@@ -124,6 +124,74 @@ def _post_processed_logits(model: nn.Module) -> bool:
     return getattr(config, "logit_scale", None) not in (None, 1, 1.0)
 
 
+def _can_share(decoder: nn.Module) -> bool:
+    """Whether the decoder takes a transformers ``DynamicCache`` (the shared-prompt path needs one)."""
+    import inspect
+
+    try:
+        from transformers import DynamicCache
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    try:
+        accepts = "past_key_values" in inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return accepts and hasattr(DynamicCache, "batch_repeat_interleave")
+
+
+def _shared_prompt_states(
+    decoder: nn.Module,
+    groups: dict[tuple[int, ...], list[int]],
+    completion_ids: Sequence[Sequence[int]],
+    length: int,
+    device: torch.device,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """(B, T, H) hidden states predicting each completion token, one prompt forward per distinct prompt.
+
+    For a group of n rows sharing prompt p (length P): the prompt runs once (batch 1, cache on), its cache is
+    repeated n times, and the right-padded completions run on top with positions P, P + 1, ...; the state
+    predicting completion token 0 is the prompt's last state.
+    """
+    from transformers import DynamicCache
+
+    rows = sum(len(v) for v in groups.values())
+    per_row: list[torch.Tensor | None] = [None] * rows
+    for prompt, members in groups.items():
+        count = len(members)
+        prompt_tensor = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+        cache = DynamicCache()
+        out = decoder(input_ids=prompt_tensor, past_key_values=cache, use_cache=True)
+        last = out.last_hidden_state[:, -1:]  # (1, 1, H)
+        width = max(1, max(len(completion_ids[r]) for r in members))
+        states = last.expand(count, 1, last.shape[-1])
+        if width > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(count)
+            tokens = torch.full((count, width - 1), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((count, len(prompt) + width - 1), dtype=torch.long)
+            mask[:, : len(prompt)] = 1
+            for i, r in enumerate(members):
+                body = list(completion_ids[r])[: width - 1]
+                if body:
+                    tokens[i, : len(body)] = torch.as_tensor(body, dtype=torch.long)
+                    mask[i, len(prompt) : len(prompt) + len(body)] = 1
+            positions = torch.arange(len(prompt), len(prompt) + width - 1).expand(count, -1)
+            hidden = decoder(
+                input_ids=tokens.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state  # (n, width - 1, H)
+            states = torch.cat([states, hidden], dim=1)
+        if width < length:
+            states = torch.nn.functional.pad(states, (0, 0, 0, length - width))
+        for i, r in enumerate(members):
+            per_row[r] = states[i, :length]
+    return torch.stack(per_row)  # type: ignore[arg-type]
+
+
 def completion_logprobs(
     model: nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -133,6 +201,7 @@ def completion_logprobs(
     chunk_size: int = 1024,
     return_entropy: bool = False,
     pad_token_id: int | None = None,
+    share_prompts: bool = True,
 ) -> Any:
     """Per-token log-probabilities of ``completion_ids`` after ``prompt_ids`` under ``model``, with gradients.
 
@@ -146,6 +215,9 @@ def completion_logprobs(
         return_entropy: also return the per-token entropy of the (temperature-scaled) distribution.
         pad_token_id: the id used for padding (default: the model config's, else 0); padded positions are
             masked, so its value does not change the result.
+        share_prompts: rows with identical prompts (a GRPO group) run the prompt once and attend to its
+            key/value cache repeated per row; gradients flow through the shared cache into the prompt's
+            forward. Same numbers as the plain batch up to float rounding.
 
     Returns:
         ``(logps, mask)``, both (B, T) float32 and right padded (T = longest completion, at least 1):
@@ -178,10 +250,18 @@ def completion_logprobs(
     if fast:
         decoder = inner.get_decoder()
         head = inner.get_output_embeddings()
-        hidden = decoder(
-            input_ids=input_ids, attention_mask=attention, position_ids=positions
-        ).last_hidden_state
-        states = hidden[:, start - 1 : start - 1 + length][real]  # (N, H)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, prompt in enumerate(prompt_ids):
+            groups.setdefault(tuple(prompt), []).append(row)
+        if share_prompts and len(groups) < rows and _can_share(decoder):
+            states = _shared_prompt_states(decoder, groups, completion_ids, length, device, pad_token_id)[
+                real
+            ]
+        else:
+            hidden = decoder(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions
+            ).last_hidden_state
+            states = hidden[:, start - 1 : start - 1 + length][real]  # (N, H)
 
         def chunk_fn(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             return token_logprobs_from_logits(head(h), y, temperature=temperature, entropy=return_entropy)
