@@ -10,14 +10,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from testtime.llm import OpenAILLM
+from testtime.llm.openai_backend import InvalidResponseError, PartialGenerationError, RequestTimeoutError
 
 
 class Scripted:
     """A minimal OpenAI-style server: echoes the last user message, records what it saw."""
 
     def __init__(
-        self, *, delay: float = 0.0, fail_first: int = 0, fail_status: int = 429, native_n: bool = True
+        self,
+        *,
+        delay: float = 0.0,
+        fail_first: int = 0,
+        fail_status: int = 429,
+        native_n: bool = True,
+        retry_after: str = "0.01",
+        raw: bytes | None = None,
+        trickle: float = 0.0,
+        fail_prompt: str | None = None,
     ):
+        self.retry_after = retry_after
+        self.raw = raw  # answer 200 with exactly these bytes
+        self.trickle = trickle  # seconds between the bytes of a reply
+        self.fail_prompt = fail_prompt  # prompts containing this get a 400
         self.delay = delay
         self.fail_first = fail_first
         self.fail_status = fail_status
@@ -42,6 +56,8 @@ class Scripted:
             time.sleep(self.delay)
             if hit <= self.fail_first:
                 return self.fail_status, {"error": {"message": "busy", "type": "server_error"}}
+            if self.fail_prompt is not None and self.fail_prompt in json.dumps(body):
+                return 400, {"error": {"message": "bad prompt", "type": "invalid_request_error"}}
             n = body.get("n", 1) if self.native_n else 1
             if "messages" in body:
                 text = body["messages"][-1]["content"]
@@ -85,14 +101,20 @@ def server():
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 status, payload = script.handle(self)
-                data = json.dumps(payload).encode()
+                data = json.dumps(payload).encode() if script.raw is None else script.raw
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 if status == 429:
-                    self.send_header("retry-after", "0.01")
+                    self.send_header("retry-after", script.retry_after)
                 self.end_headers()
-                self.wfile.write(data)
+                if script.trickle:
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(script.trickle)
+                else:
+                    self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
@@ -156,11 +178,9 @@ def test_gives_up_after_max_retries_and_does_not_retry_4xx(server):
 
 
 def test_timeouts_are_retried_then_raised(server):
-    import openai
-
     s = server(delay=1.0)
     llm = OpenAILLM("m", base_url=s.url, timeout=0.2, max_retries=1, backoff=0.01)
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(RequestTimeoutError):
         llm.complete("x")
     assert llm.requests_sent == 2
 
@@ -204,3 +224,47 @@ def test_key_from_environment_is_not_printed(server, monkeypatch, capsys):
     assert llm.complete("a") == "a!"
     assert s.auth == ["Bearer sk-env-456"]
     assert "sk-env-456" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "inf", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_retry_after_is_capped_by_max_backoff(server, retry_after):
+    s = server(fail_first=1, fail_status=429, retry_after=retry_after)
+    llm = OpenAILLM("m", base_url=s.url, max_retries=2, backoff=0.01, max_backoff=0.2)
+    start = time.perf_counter()
+    assert llm.complete("x") == "x!"
+    assert time.perf_counter() - start < 3.0
+    assert s.hits == 2
+
+
+def test_timeout_bounds_a_trickling_reply_and_deadline_bounds_retries(server):
+    s = server(trickle=0.02)  # a ~150-byte reply at 50 bytes/s: every read is quick, the whole is not
+    llm = OpenAILLM("m", base_url=s.url, timeout=0.5, max_retries=0)
+    start = time.perf_counter()
+    with pytest.raises(RequestTimeoutError):
+        llm.complete("x")
+    assert time.perf_counter() - start < 2.0
+    busy = server(fail_first=100, fail_status=503)
+    llm = OpenAILLM("m", base_url=busy.url, max_retries=100, backoff=0.2, max_backoff=0.2, deadline=0.7)
+    start = time.perf_counter()
+    with pytest.raises(RequestTimeoutError, match="deadline"):
+        llm.complete("x")
+    assert time.perf_counter() - start < 2.0 and busy.hits < 10
+
+
+def test_one_failed_prompt_keeps_the_others(server):
+    s = server(fail_prompt="poison")
+    llm = OpenAILLM("m", base_url=s.url, max_retries=0)
+    with pytest.raises(PartialGenerationError) as info:
+        llm.generate(["a", "poison", "b"])
+    assert [c and c[0].text for c in info.value.completions] == ["a!", None, "b!"]
+    assert list(info.value.errors) == [1]
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [(b"", "not valid JSON"), (b"hello", "not valid JSON"), (b"[1]", "not an object"), (b"{}", "choices")],
+)
+def test_empty_or_non_json_responses_are_clear_errors(server, raw, words):
+    s = server(raw=raw)
+    with pytest.raises(InvalidResponseError, match=words):
+        OpenAILLM("m", base_url=s.url, max_retries=0).complete("x")

@@ -7,8 +7,16 @@
 - Chat prompts use ``/chat/completions``, raw prompts ``/completions``.
 - At most ``max_concurrency`` requests are in flight per event loop (an ``asyncio.Semaphore``).
 - 429, 5xx, timeouts and connection errors are retried up to ``max_retries`` times with exponential backoff
-  and jitter (``backoff * 2**attempt``, capped at ``max_backoff``; a ``Retry-After`` header wins). Other
-  4xx errors are raised at once. The client's own retries are off so the policy is this one.
+  and jitter (``backoff * 2**attempt``, capped at ``max_backoff``); a ``Retry-After`` header in seconds
+  replaces the computed delay, capped at ``max_backoff`` too (``3600`` or ``inf`` wait ``max_backoff``).
+  Other 4xx errors are raised at once. The client's own retries are off so the policy is this one.
+- ``timeout`` bounds each attempt as a whole (connection, a slowly trickling reply and all), not each read;
+  ``deadline`` (optional) bounds one prompt's attempts and waits together.
+- One prompt's failure does not discard the others: when some (not all) prompts of a call fail, the call
+  raises :class:`PartialGenerationError`, which carries every finished prompt's completions and each
+  failure; when all fail, the first failure is raised as it is.
+- A response that is not an OpenAI JSON object, or has no choices, is an :class:`InvalidResponseError` that
+  says what came back.
 - ``n > 1``: asked for natively first; a server that returns fewer choices (llama.cpp) gets the missing
   ones as separate ``n = 1`` requests (seeds ``seed + i`` when a seed is set), and later calls emulate
   directly. ``n_mode`` forces either way.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import threading
@@ -32,9 +41,48 @@ from typing import Any, Literal
 
 from testtime.llm.protocol import BaseLLM, Completion, Prompt, SamplingParams, as_messages
 
-__all__ = ["OpenAILLM"]
+__all__ = ["InvalidResponseError", "OpenAILLM", "PartialGenerationError", "RequestTimeoutError"]
 
 _RETRY_STATUS = {408, 409, 429}
+
+
+class InvalidResponseError(RuntimeError):
+    """The server answered 2xx with something that is not a usable OpenAI response."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """No complete response within the attempt's ``timeout`` (or the prompt's ``deadline``)."""
+
+
+class PartialGenerationError(RuntimeError):
+    """Some prompts of a call failed; the others' completions are kept.
+
+    Attributes:
+        completions: per prompt, its completions, or None where it failed.
+        errors: the exception of each failed prompt, by prompt index.
+    """
+
+    def __init__(self, completions: list[list[Completion] | None], errors: dict[int, BaseException]) -> None:
+        first = min(errors)
+        super().__init__(
+            f"{len(errors)} of {len(completions)} prompts failed (prompt {first}: "
+            f"{type(errors[first]).__name__}: {errors[first]}); the others' completions are in .completions"
+        )
+        self.completions = completions
+        self.errors = errors
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds form; None for dates or junk; never negative)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 class OpenAILLM(BaseLLM):
@@ -46,7 +94,9 @@ class OpenAILLM(BaseLLM):
         api_key: the key (default: the environment, else ``"EMPTY"``).
         max_concurrency: the most requests in flight at once (per event loop).
         max_retries: retries after a retryable failure.
-        timeout: seconds per request before it counts as failed (and is retried).
+        timeout: seconds per attempt, the whole reply included, before it counts as failed (and is retried).
+        deadline: seconds for one prompt's attempts and retry waits together (None: no bound beyond
+            ``max_retries``).
         backoff: the first retry's delay in seconds; doubles per retry.
         max_backoff: the longest delay between retries.
         cache_dir: a directory for the on-disk response cache (None: no cache).
@@ -63,6 +113,7 @@ class OpenAILLM(BaseLLM):
         max_concurrency: int = 8,
         max_retries: int = 5,
         timeout: float = 120.0,
+        deadline: float | None = None,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -74,6 +125,8 @@ class OpenAILLM(BaseLLM):
             raise ValueError("max_concurrency must be >= 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if timeout <= 0 or (deadline is not None and deadline <= 0):
+            raise ValueError("timeout and deadline must be > 0")
         if n_mode not in ("auto", "native", "emulate"):
             raise ValueError(f"n_mode must be auto, native or emulate, got {n_mode!r}")
         self.name = model
@@ -93,6 +146,7 @@ class OpenAILLM(BaseLLM):
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout = timeout
+        self.deadline = deadline
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -190,36 +244,47 @@ class OpenAILLM(BaseLLM):
         return self.cache_dir / digest[:2] / f"{digest}.json"
 
     async def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request with bounded concurrency and retries; returns the response as a dict."""
+        """One request with bounded concurrency, per-attempt timeout, retries; returns the response as a dict."""
         import openai
 
         client, semaphore = self._client()
         create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+        loop = asyncio.get_running_loop()
+        end = None if self.deadline is None else loop.time() + self.deadline
         attempt = 0
         while True:
             delay: float | None = None
             async with semaphore:
+                budget = self.timeout if end is None else min(self.timeout, end - loop.time())
+                if budget <= 0:
+                    raise RequestTimeoutError(f"no response within the deadline of {self.deadline} s")
                 try:
                     self.requests_sent += 1
-                    response = await create(**body)
-                    return response.model_dump()
+                    response = await asyncio.wait_for(create(**body), timeout=budget)
+                    return _as_dict(response)
+                except json.JSONDecodeError as exc:
+                    raise InvalidResponseError(
+                        f"the server sent a response that is not valid JSON ({exc})"
+                    ) from None
                 except openai.APIStatusError as exc:
                     if exc.status_code not in _RETRY_STATUS and exc.status_code < 500:
                         raise
                     if attempt >= self.max_retries:
                         raise
-                    retry_after = (
-                        exc.response.headers.get("retry-after") if exc.response is not None else None
-                    )
-                    try:
-                        delay = float(retry_after) if retry_after is not None else None
-                    except ValueError:
-                        delay = None
-                except (openai.APITimeoutError, openai.APIConnectionError):
+                    headers = exc.response.headers if exc.response is not None else {}
+                    delay = _retry_after(headers.get("retry-after"))
+                except (openai.APITimeoutError, openai.APIConnectionError, TimeoutError) as exc:
                     if attempt >= self.max_retries:
+                        if isinstance(exc, TimeoutError) and not isinstance(exc, openai.APIError):
+                            raise RequestTimeoutError(
+                                f"no complete response within {budget:.3g} s ({attempt + 1} attempts)"
+                            ) from None
                         raise
             if delay is None:
-                delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+                delay = self.backoff * 2**attempt * (0.5 + random.random() / 2)
+            delay = min(delay, self.max_backoff)
+            if end is not None and loop.time() + delay >= end:
+                raise RequestTimeoutError(f"no response within the deadline of {self.deadline} s")
             attempt += 1
             await asyncio.sleep(delay)
 
@@ -244,6 +309,8 @@ class OpenAILLM(BaseLLM):
         hits = 0
         if params.n == 1 or self._native_n is not False:
             got, hit = await self._one(prompt, params, params.n, params.seed, 0)
+            if not got:
+                raise InvalidResponseError("the server returned a response with no choices")
             choices += got
             hits += len(got) if hit else 0
             if params.n > 1 and self._native_n is None:
@@ -257,6 +324,8 @@ class OpenAILLM(BaseLLM):
 
             results = await asyncio.gather(*(extra(i) for i in range(len(choices), params.n)))
             for got, hit in results:
+                if not got:
+                    raise InvalidResponseError("the server returned a response with no choices")
                 choices += got[:1]
                 hits += len(got[:1]) if hit else 0
         if hits:
@@ -265,7 +334,35 @@ class OpenAILLM(BaseLLM):
         return choices[: params.n]
 
     async def _agenerate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        return list(await asyncio.gather(*(self._prompt_choices(p, params) for p in prompts)))
+        results = await asyncio.gather(
+            *(self._prompt_choices(p, params) for p in prompts), return_exceptions=True
+        )
+        errors: dict[int, BaseException] = {}
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):  # cancellation, interrupts: not a prompt's failure
+                    raise result
+                errors[index] = result
+        if len(errors) == len(results):  # nothing to keep: the first failure as it is
+            raise errors[0]
+        if errors:
+            kept = [None if i in errors else r for i, r in enumerate(results)]
+            raise PartialGenerationError(kept, errors)  # type: ignore[arg-type]
+        return list(results)  # type: ignore[arg-type]
+
+
+def _as_dict(response: Any) -> dict[str, Any]:
+    """The response as a dict, or an :class:`InvalidResponseError` saying what came back instead."""
+    if isinstance(response, str | bytes):
+        text = response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+        kind = "an empty response" if not text.strip() else f"a non-JSON response: {text[:200]!r}"
+        raise InvalidResponseError(f"the server sent {kind}")
+    if not hasattr(response, "model_dump"):
+        raise InvalidResponseError(f"the server sent JSON that is not an object: {str(response)[:200]}")
+    data = response.model_dump()
+    if not isinstance(data.get("choices"), list):
+        raise InvalidResponseError(f"the server's response has no 'choices' list: {json.dumps(data)[:200]}")
+    return data
 
 
 def _parse(data: dict[str, Any], endpoint: str) -> list[Completion]:
