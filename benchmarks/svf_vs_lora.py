@@ -6,7 +6,7 @@ weights on the engine's lean path; LoRA: the PEFT model on the engine's fallback
 gradients (SVF: factored forward; LoRA: PEFT forward), KL to the base model, backward, clipping, Adam.
 The two are timed interleaved (SVF, LoRA, SVF, LoRA, ...) after one warm-up step each, and medians are
 reported. A second, narrower timing covers the gradient part alone (the same fixed rollouts for both:
-log-probs + KL + backward + step), since sampling dominates the full step on a CPU.
+log-probs + KL + backward + step), and the SVF merge alone (writing ``W'`` into the weights for the engine).
 
 Usage::
 
@@ -95,6 +95,7 @@ def main() -> None:
 
     steps: dict[str, list[float]] = {"svf": [], "lora": []}
     grads: dict[str, list[float]] = {"svf": [], "lora": []}
+    merges: list[float] = []
     fixed = None
     for step in range(args.steps + 1):
         batch = instances[step * args.batch_size : (step + 1) * args.batch_size]
@@ -106,9 +107,15 @@ def main() -> None:
                 policy.sync_for_sampling()
                 fixed = env.rollouts(policy, batch, num_samples=1, temperature=1.0, seed=123)
             seconds = _grad_only(policy, env, fixed, config, optimizers[name])
+            if name == "svf":  # the merge alone: W' = W + U diag(s (f - 1)) Vh for every target, engine told
+                start = time.perf_counter()
+                policy.sync_for_sampling()
+                merge_seconds = time.perf_counter() - start
             if step > 0:  # the first step of each is a warm-up (packing, allocator)
                 steps[name].append(metrics["seconds"])
                 grads[name].append(seconds)
+                if name == "svf":
+                    merges.append(merge_seconds)
             print(json.dumps({"method": name, "step": step, "rl_step_s": round(metrics["seconds"], 2),
                               "grad_only_s": round(seconds, 2)}), flush=True)  # fmt: skip
 
@@ -123,6 +130,7 @@ def main() -> None:
         "svf_step_s": round(median["svf"], 2),
         "lora_step_s": round(median["lora"], 2),
         "svf_grad_s": round(median_grad["svf"], 2),
+        "svf_merge_s": round(statistics.median(merges), 2),
         "lora_grad_s": round(median_grad["lora"], 2),
         "steps": args.steps,
         "batch_size": args.batch_size,
