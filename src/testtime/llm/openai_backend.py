@@ -224,14 +224,18 @@ class OpenAILLM(BaseLLM):
             body["stop"] = list(params.stop)
         if seed is not None:
             body["seed"] = seed
+        if params.top_k:
+            body["extra_body"] = {"top_k": params.top_k}  # vLLM, llama.cpp and testtime serve accept it
         if messages is not None:
             body["messages"] = messages
             if params.logprobs:
                 body["logprobs"] = True
+                if params.top_logprobs is not None:
+                    body["top_logprobs"] = params.top_logprobs
         else:
             body["prompt"] = prompt
             if params.logprobs:
-                body["logprobs"] = 1
+                body["logprobs"] = params.top_logprobs if params.top_logprobs is not None else 1
         return body
 
     def _cache_path(self, endpoint: str, body: dict[str, Any], sample: int) -> Path | None:
@@ -334,6 +338,8 @@ class OpenAILLM(BaseLLM):
         return choices[: params.n]
 
     async def _agenerate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        if params.logprobs_temperature:
+            raise ValueError("logprobs_temperature is supported by the local backend only")
         results = await asyncio.gather(
             *(self._prompt_choices(p, params) for p in prompts), return_exceptions=True
         )
