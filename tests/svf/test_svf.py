@@ -186,6 +186,14 @@ def test_engine_samples_adapted_weights_right_after_z_changes(tiny_llama_dir):
         )
         assert got == rows[0][: len(got)]
         assert scores == pytest.approx(expected, abs=1e-4)
+        # Through the LLM layer's scheduler too (the path rollouts take).
+        text = "the quick brown fox"
+        sampled = llm.generate([text], temperature=0, max_tokens=6)[0][0].token_ids
+        ids = llm.encode(text)
+        rows, _ = hf_generate_greedy(
+            reference_model, [ids], max_new_tokens=6, eos_token_ids=llm.eos_token_ids, pad_token_id=0
+        )
+        assert sampled == rows[0][: len(sampled)]
         assert max(abs(a - b) for a, b in zip(scores, base_scores, strict=True)) > 1e-3
 
 

@@ -71,7 +71,7 @@ def run(ctx: DemoContext) -> DemoSection:
     svf.reset()
     svf.merge(llm)
 
-    questions = task.instances("test", seed=ctx.seed, n=4 if ctx.quick else 40)
+    questions = task.instances("test", seed=ctx.seed, n=4 if ctx.quick else 24)
     shown = questions[0]
     first_pass = classify_prompt(llm, [task.prompt(shown)], [expert.task or "arc-easy"])[0]
 
