@@ -32,7 +32,16 @@ def test_extract_choice() -> None:
     labels, texts = ["A", "B", "C", "D"], ["red", "green", "blue", "gray"]
     assert extract_choice("The answer is (B).", labels) == "B"
     assert extract_choice("Answer: C", labels) == "C"
-    assert extract_choice("first (A), no, final (D)", labels) == "D"
+    assert extract_choice("first (A), no, the answer is (D)", labels) == "D"
+    # naming several options is no answer (else listing all four would always score)
+    for hedge in (
+        "first (A), no, final (D)",
+        "The answer is (A) (B) (C) (D)",
+        "The answer is A or B",
+        "(A)(B)",
+    ):
+        assert extract_choice(hedge, labels) is None, hedge
+    assert extract_choice("The answer is B, because A is wrong.", labels) == "B"
     assert extract_choice("the answer is a guess", labels) is None  # lower-case article, not option A
     assert extract_choice("Blue", labels, texts) == "C"
     assert extract_choice("", labels) is None

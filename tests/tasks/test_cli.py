@@ -1,4 +1,4 @@
-"""``testtime tasks list | show | check``."""
+"""``testtime tasks list | show | check | audit``."""
 
 from __future__ import annotations
 
@@ -88,8 +88,56 @@ def test_user_mistakes_are_user_errors(app: typer.Typer, tmp_path: Path) -> None
         ["tasks", "show", "nope"],
         ["tasks", "show", "countdown", "-d", "num_numbers"],
         ["tasks", "show", "countdown", "-d", "num_numbers=x"],
-        ["tasks", "show", "gsm8k", "--split", "train"],
+        ["tasks", "show", "gsm8k", "--split", "validation"],
         ["tasks", "check", "countdown", "--answer-file", str(tmp_path / "missing.txt")],
     ):
         result = runner.invoke(app, args)
         assert isinstance(result.exception, UserError), args
+
+
+def test_audit_prints_the_rewarded_completions(app: typer.Typer, tmp_path: Path) -> None:
+    task = get_task("countdown")
+    first, second, third = task.instances(seed=0, n=3)
+    rows = [
+        {"instance": first.to_dict(), "completion": first.reference},
+        {
+            "instance": json.dumps(second.to_dict()),
+            "completion": [{"role": "assistant", "content": "no idea"}],
+        },
+        {
+            "task": "countdown",
+            "instance": third.to_dict(),
+            "answer": "<answer>" + third.reference + "</answer>",
+        },
+    ]
+    path = tmp_path / "completions.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    result = CliRunner().invoke(app, ["tasks", "audit", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--- line") == 2 and "line 2" not in result.output
+    assert "3 completions, 2 scored above 0, 2 solved" in result.output
+    assert f"countdown {first.id}" in result.output and "Correct:" in result.output
+    as_json = CliRunner().invoke(app, ["tasks", "audit", str(path), "--json"])
+    records = [json.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
+    assert [r["line"] for r in records] == [1, 3] and all(r["solved"] for r in records)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read the completions file"),
+        ("{not json\n", ":1: not a JSON object"),
+        ("[1, 2]\n", ":1: not a JSON object"),
+        ('{"completion": "x"}\n', ":1: needs an 'instance'"),
+        ('{"instance": {"task": "countdown", "id": "x", "data": {}}}\n', ":1: needs one of completion"),
+        ('{"instance": {"task": "nope", "id": "x", "data": {}}, "completion": ""}\n', "unknown task"),
+    ],
+)
+def test_audit_errors_are_one_line(
+    app: typer.Typer, tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "completions.jsonl"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(app, ["tasks", "audit", str(path)])
+    assert isinstance(result.exception, UserError) and message in str(result.exception)

@@ -39,17 +39,24 @@ def _load(subset: str, split: str) -> tuple[dict[str, Any], ...]:
 def extract_choice(text: str, labels: Sequence[str], texts: Sequence[str] = ()) -> str | None:
     """The option label a model's answer names, or None.
 
-    Tries, in order: "answer is (B)" / "answer: B" (the last such phrase), a lone "(B)" (the last one), a
-    text that is just the label, and the exact text of one option.
+    Tries, in order: "answer is (B)" / "answer: B" (the last such phrase), a lone "(B)", a text that is just
+    the label, and the exact text of one option. Naming several options ("(A) (B)", "A or B" after the
+    marker, or different parenthesised labels without one) is no answer.
     """
     text = strip_thinking(text if isinstance(text, str) else "").strip()
     group = "|".join(re.escape(label) for label in labels)
-    marked = re.findall(rf"(?i:answer\s*(?:is|:)?)\s*:?\s*\(?\**({group})\b\)?", text)
+    marked = list(re.finditer(rf"(?i:answer\s*(?:is|:)?)\s*:?\s*\(?\**({group})\b\)?", text))
     if marked:
-        return marked[-1]
+        line = text[marked[-1].start() :].split("\n", 1)[0]
+        joined = rf"(?<![\w'])\(?({group})\)?\s*(?:,|/|\bor\b|\band\b)\s*\(?({group})\b"
+        named = {marked[-1].group(1), *re.findall(rf"\(({group})\)", line)}
+        named |= {label for pair in re.findall(joined, line) for label in pair}
+        if len(named) > 1:  # "(A) (B)", "A or B": naming several options is no answer
+            return None
+        return marked[-1].group(1)
     parenthesised = re.findall(rf"\(({group})\)", text)
     if parenthesised:
-        return parenthesised[-1]
+        return parenthesised[-1] if len(set(parenthesised)) == 1 else None
     bare = re.fullmatch(rf"\W*({group})\W*", text)
     if bare:
         return bare.group(1)

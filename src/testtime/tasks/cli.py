@@ -1,4 +1,5 @@
-"""``testtime tasks list | show | check``: browse the verifiable tasks and check an answer by hand."""
+"""``testtime tasks list | show | check | audit``: browse the verifiable tasks, check an answer by hand, and
+read the completions a run rewarded."""
 
 from __future__ import annotations
 
@@ -106,6 +107,84 @@ def check_command(
     task_obj, instance = _one_instance(task, seed, split, difficulty)
     verdict = task_obj.verify(instance, answer)
     typer.echo(json.dumps({"task": task, "id": instance.id, **verdict.to_dict()}, ensure_ascii=False))
+
+
+_COMPLETION_KEYS = ("completion", "answer", "response", "text")
+
+
+def _audit_rows(path: Path):  # noqa: ANN202  (yields (line number, task, instance, answer text))
+    from testtime.tasks.base import Instance, completion_text, get_task
+
+    try:
+        handle = path.open(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot read the completions file {path}: {exc.strerror}") from None
+    tasks: dict[str, object] = {}
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise UserError(f"{path}:{number}: not a JSON object") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: not a JSON object")
+            raw = row.get("instance")
+            if isinstance(raw, str):
+                try:
+                    raw = json.loads(raw)
+                except ValueError:
+                    raw = None
+            if not isinstance(raw, dict) or not {"task", "id", "data"} <= set(raw):
+                raise UserError(f"{path}:{number}: needs an 'instance' (an Instance.to_dict() object)")
+            key = next((k for k in _COMPLETION_KEYS if k in row), None)
+            if key is None:
+                raise UserError(f"{path}:{number}: needs one of {', '.join(_COMPLETION_KEYS)}")
+            name = str(row.get("task") or raw["task"])
+            if name not in tasks:
+                tasks[name] = get_task(name)
+            yield number, tasks[name], Instance.from_dict(raw), completion_text(row[key])
+
+
+@tasks_app.command("audit")
+def audit_command(
+    completions: Path = typer.Argument(
+        ...,
+        help="JSONL file: one object per line with 'instance' (Instance.to_dict()) and 'completion' "
+        "(text or chat messages; 'answer', 'response' or 'text' also work); 'task' is optional.",
+    ),
+    min_score: float = typer.Option(
+        0.0, "--min-score", help="Print completions scoring above this (default: every rewarded one)."
+    ),
+    chars: int = typer.Option(600, "--chars", help="Characters of each completion to print (head and tail)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per rewarded completion instead."),
+) -> None:
+    """Re-verify a run's completions and print the rewarded ones with their verdicts, for a person to read
+    (look for answers that score without solving the problem)."""
+    from testtime.tasks.parsing import excerpt
+
+    if chars < 20:
+        raise UserError(f"--chars must be at least 20, got {chars}")
+    total = rewarded = solved = 0
+    for number, task, instance, text in _audit_rows(completions):
+        total += 1
+        verdict = task.verify(instance, text)  # type: ignore[attr-defined]
+        solved += verdict.solved
+        if verdict.score <= min_score:
+            continue
+        rewarded += 1
+        if as_json:
+            record = {"line": number, "task": instance.task, "id": instance.id, **verdict.to_dict()}
+            typer.echo(json.dumps({**record, "completion": excerpt(text, chars)}, ensure_ascii=False))
+            continue
+        typer.echo(
+            f"--- line {number}: {instance.task} {instance.id}  score {verdict.score:.3f}  solved {verdict.solved}"
+        )
+        typer.echo(f"feedback: {excerpt(verdict.feedback, 400)}")
+        typer.echo(excerpt(text, chars))
+    summary = f"{total} completions, {rewarded} scored above {min_score:g}, {solved} solved"
+    typer.echo(summary, err=as_json)
 
 
 def register(app: typer.Typer) -> None:
