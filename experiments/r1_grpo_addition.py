@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -134,6 +135,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - start
         hits, texts = greedy_accuracy(llm, task, test, args.eval_tokens)
         llm.close()
+        shutil.rmtree(OUT / f"run_seed{seed}" / "checkpoints", ignore_errors=True)  # 135M weights: not kept
         run = {
             "seed": seed,
             "hits": hits,

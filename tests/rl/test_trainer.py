@@ -3,6 +3,8 @@ accumulation, resume after a kill, the weight-update contract."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -181,3 +183,28 @@ def test_config_errors():
         GRPOConfig(temperature=0)
     with pytest.raises(ValueError, match="loss_type"):
         GRPOConfig(loss_type="ppo")
+
+
+def test_dynamic_sampling_drops_zero_std_groups_and_refills(tmp_path, tiny_llama_dir):
+    def constant_for_cat(prompts, completions, completion_ids, **_):
+        return [
+            1.0 if p == "the cat sat" else float(len(ids) % 2)
+            for p, ids in zip(prompts, completion_ids, strict=True)
+        ]
+
+    trainer = make(tmp_path, tiny_llama_dir, prompts_per_step=4, dynamic_sampling=True, max_resample_rounds=3)
+    trainer.reward_funcs = [constant_for_cat]
+    rollouts, stats = trainer._collect(0)
+    groups = {}
+    for r in rollouts:
+        groups.setdefault(r.group, []).append(r.reward)
+    assert all(len(set(values)) > 1 for values in groups.values())
+    assert stats["zero_std_groups"] >= 1  # the cat prompt's group was dropped
+    assert len(rollouts) % 8 == 0 and len(rollouts) <= 4 * 8
+
+
+def test_num_iterations_two_steps_per_batch_and_truncation_mask(tmp_path, tiny_llama_dir):
+    trainer = make(tmp_path, tiny_llama_dir, num_iterations=2, max_steps=4, mask_truncated_completions=True)
+    history = trainer.train(resume=False)
+    assert trainer.step_count == 4 and trainer.batches == 2 and len(history) == 2
+    assert all(math.isfinite(h["loss"]) for h in history)
