@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -394,3 +395,22 @@ def test_concurrent_and_sequential_calls_give_the_same_log(tmp_path):
     )
     assert canonical(read_log(tmp_path / "a")) == canonical(read_log(tmp_path / "b"))
     assert a.summary()["calls"] == b.summary()["calls"]
+
+
+def test_deduplicate_keeps_one_copy_of_an_answer_in_an_island():
+    cfg = EvolveConfig.tiny(
+        early_stop=False,
+        deduplicate=True,
+        prob_no_parents=0.0,
+        parent_count="max",
+        num_reset=0,
+        migration=False,
+    )
+    llm = SeededFake(fixed="PROPOSED SOLUTION: 3")
+    result = MindEvolution(cfg).run(llm, "guess", guess_evaluator(), params=PARAMS)
+    second = [c for c in result.candidates if c.generation == 2 and c.turn == 0]
+    assert second and all(c.parents == [f"g1-i{c.island}-c0-t0"] for c in second)
+    plain = MindEvolution(replace(cfg, deduplicate=False)).run(
+        SeededFake(fixed="PROPOSED SOLUTION: 3"), "guess", guess_evaluator(), params=PARAMS
+    )
+    assert all(len(c.parents) == 2 for c in plain.candidates if c.generation == 2 and c.turn == 0)
