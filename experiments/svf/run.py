@@ -239,10 +239,12 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
     policy = SVFPolicy(svf, tokenizer, llm)
     seed = args.seeds[0]
     experts = [load_expert(EXPERTS / f"{name}-svf-seed{seed}.safetensors") for name in TASKS]
-    classifier = load_expert(EXPERTS / "classifier.safetensors")
+    cls_path = EXPERTS / "classifier.safetensors"
+    classifier = load_expert(cls_path) if cls_path.is_file() else None
+    with_b = ["classifier"] if classifier is not None else []
     out: dict[str, Any] = {"rows": []}
-    targets = [("arc-challenge", ["prompt", "classifier", "few-shot"])]
-    targets += [(name, ["prompt", "classifier"]) for name in TASKS]
+    targets = [("arc-challenge", ["prompt", *with_b, "few-shot"])]
+    targets += [(name, ["prompt", *with_b]) for name in TASKS]
     for name, strategies in targets:
         task, items = _instances(name, "test", args.num_adapt, 2000)
         _, _, mode, tokens = TASKS.get(name, UNSEEN)

@@ -103,6 +103,9 @@ def test_mixture_by_hand_and_few_shot_adapt_picks_the_better_expert(tiny_llama_d
     mix = mixture([good, bad], torch.tensor([0.25, 0.5]), svf.names)
     for name in svf.names:
         torch.testing.assert_close(mix[name], torch.full_like(mix[name], 0.25 * 2 + 0.5 * 1))
+    relative = mixture([good, bad], torch.tensor([0.25, 0.5]), svf.names, relative=True)
+    for name in svf.names:  # 1 + 0.25 (2 - 1) + 0.5 (1 - 1)
+        torch.testing.assert_close(relative[name], torch.full_like(relative[name], 1.25))
     per_layer = torch.zeros(2, len(svf.names))
     per_layer[0, 0] = 1.0
     mix = mixture([good, bad], per_layer, svf.names)

@@ -12,7 +12,8 @@ answers with them. Three strategies:
   (the paper trains it on its experts' training data); at inference it is applied for the first pass and
   the category is read by log-likelihood over the names.
 - **C, few-shot** (:func:`few_shot_adapt`): ``z' = Σ_k α_k z_k`` over the K experts (in multiplier space,
-  see :mod:`testtime.svf.svf`), with one α per expert (per-vector) or one per expert and target matrix
+  see :mod:`testtime.svf.svf`; for raw z, whose scale nothing renormalises, relative to the base:
+  ``z' = 1 + Σ_k α_k (z_k − 1)``, so that α ∈ [0, 1] spans base to expert), with one α per expert (per-vector) or one per expert and target matrix
   (``per_layer``; the official code's per-layer option is per weight matrix too). α is searched by the
   cross-entropy method (:func:`cem`) on k shots of the task: the score of an α is the accuracy on the shots,
   ties broken by the mean log-likelihood of the shots' reference answers (the official code breaks ties by
@@ -294,13 +295,24 @@ def cem(
     return CEMResult(best=best, best_score=best_score, history=history)
 
 
-def mixture(experts: Sequence[Expert], alphas: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Per target matrix, ``m' = Σ_k α_k m_k``; ``alphas`` is ``[K]`` (per-vector) or ``[K, len(names)]``."""
+def mixture(
+    experts: Sequence[Expert], alphas: torch.Tensor, names: Sequence[str], *, relative: bool = False
+) -> dict[str, torch.Tensor]:
+    """Per target matrix, the mixed multiplier; ``alphas`` is ``[K]`` (per-vector) or ``[K, len(names)]``.
+
+    ``relative=False``: ``m' = Σ_k α_k m_k`` (the official code, whose sigmoid form renormalises the scale
+    away). ``relative=True`` (used for raw z, whose scale is not renormalised): ``m' = 1 + Σ_k α_k (m_k − 1)``,
+    so α = 0 is the base model and α_k = 1 (others 0) is expert k.
+    """
     multipliers = [e.multipliers() for e in experts]
     out = {}
     for j, name in enumerate(names):
         coefficients = alphas if alphas.dim() == 1 else alphas[:, j]
-        out[name] = combine_multipliers([m[name] for m in multipliers], coefficients)
+        if relative:
+            deltas = [m[name] - 1 for m in multipliers]
+            out[name] = 1 + combine_multipliers(deltas, coefficients)
+        else:
+            out[name] = combine_multipliers([m[name] for m in multipliers], coefficients)
     return out
 
 
@@ -342,15 +354,17 @@ def few_shot_adapt(
     if config.init_mean is None:
         config = CEMConfig(**{**config.__dict__, "init_mean": 1.0 / num})
 
+    relative = svf.config.parameterization == "raw"
+
     def score(candidate: torch.Tensor) -> tuple[float, float]:
         alphas = candidate.view(shape)
-        with svf.using_multipliers(mixture(experts, alphas, svf.names)):
+        with svf.using_multipliers(mixture(experts, alphas, svf.names, relative=relative)):
             accuracy = env.evaluate(policy, shots)
             likelihood = _reference_likelihood(policy, env, shots) if tie_break else 0.0
         return accuracy, likelihood
 
     result = cem(score, int(torch.tensor(shape).prod()), config)
-    return mixture(experts, result.best.view(shape), svf.names), result
+    return mixture(experts, result.best.view(shape), svf.names, relative=relative), result
 
 
 @torch.no_grad()
