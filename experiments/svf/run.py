@@ -106,6 +106,10 @@ def _config(
     )
 
 
+def _log(record: dict[str, Any]) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+
+
 def phase_experts(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
     policy = SVFPolicy(svf, tokenizer, llm)
     out: dict[str, Any] = {"config": vars(args), "runs": []}
@@ -120,14 +124,14 @@ def phase_experts(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Loc
         if method == "lora":
             fresh, _ = load_model()
             lora = LoRAPolicy(fresh, tokenizer, rank=16, targets=("q_proj", "v_proj"), num_threads=1)
-            result = train(lora, env, items, _config(args, seed, lora=True))
+            result = train(lora, env, items, _config(args, seed, lora=True), log=_log)
             path = EXPERTS / f"{name}-lora-seed{seed}"
             lora.model.save_pretrained(path)
             params = num_trainable(lora)
         else:
             svf.reset()
             objective = "ntp" if method == "ntp" else "reinforce"
-            result = train(policy, env, items, _config(args, seed, objective=objective))
+            result = train(policy, env, items, _config(args, seed, objective=objective), log=_log)
             metrics = {"base_val": result.base_val, "best_val": result.best_val, "steps": result.steps}
             expert = expert_from_svf(svf, base_model="smollm2", task=name, method=objective, metrics=metrics)
             path = save_expert(expert, EXPERTS / f"{name}-{method}-seed{seed}.safetensors")
