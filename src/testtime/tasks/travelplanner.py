@@ -39,7 +39,7 @@ from importlib import resources
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
-from testtime.tasks.parsing import MAX_TEXT, extract_json, strip_thinking
+from testtime.tasks.parsing import MAX_TEXT, excerpt, extract_json, strip_thinking
 
 __all__ = ["TravelPlanner", "evaluate_plan", "load_travelplanner", "parse_plan", "parse_query"]
 
@@ -277,7 +277,7 @@ def evaluate_plan(
         route_problems.append(f"visit {len(cities)} destination city(ies), not {len(set(visited))}")
     outside = sorted(set(visited) - cities)
     if outside:
-        route_problems.append(f"no information about {', '.join(outside)}")
+        route_problems.append(f"no information about {excerpt(', '.join(outside), 200)}")
     check("reasonable city route", route_problems)
     # sandbox, current city, complete information
     sandbox, elsewhere, absent = [], [], []
@@ -296,9 +296,11 @@ def evaluate_plan(
                 modes.add("flight")
                 row = flights.get(flight.group(1))
                 if row is None:
-                    sandbox.append(f"flight {flight.group(1)} does not exist")
+                    sandbox.append(f"flight {excerpt(flight.group(1))} does not exist")
                 elif travel_day and (row["OriginCityName"], row["DestCityName"]) != (here[0], here[1]):
-                    sandbox.append(f"flight {flight.group(1)} does not go from {here[0]} to {here[1]}")
+                    sandbox.append(
+                        f"flight {excerpt(flight.group(1))} does not go from {excerpt(here[0])} to {excerpt(here[1])}"
+                    )
                 else:
                     cost += row["Price"] * people
             elif mode:
@@ -318,31 +320,43 @@ def evaluate_plan(
             for name, city in entries:
                 row = restaurants.get((name, city))
                 if row is None:
-                    sandbox.append(f"restaurant {name!r} in {city or '?'} is not in the information")
+                    sandbox.append(
+                        f"restaurant {excerpt(name)!r} in {excerpt(city) or '?'} is not in the information"
+                    )
                     continue
                 used_restaurants.append(f"{name}, {city}")
                 cost += row["Average Cost"] * people
                 if city not in here:
-                    elsewhere.append(f"day {index} {meal} is in {city}, not in {' or '.join(here)}")
+                    elsewhere.append(
+                        f"day {index} {meal} is in {excerpt(city)}, not in {excerpt(' or '.join(here))}"
+                    )
         entries = _entries(day.get("attraction", "-"))
         for name, city in entries:
             if (name, city) not in attractions:
-                sandbox.append(f"attraction {name!r} in {city or '?'} is not in the information")
+                sandbox.append(
+                    f"attraction {excerpt(name)!r} in {excerpt(city) or '?'} is not in the information"
+                )
                 continue
             used_attractions.append(f"{name}, {city}")
             if city not in here:
-                elsewhere.append(f"day {index} attraction {name!r} is in {city}, not in {' or '.join(here)}")
+                elsewhere.append(
+                    f"day {index} attraction {excerpt(name)!r} is in {excerpt(city)}, not in {excerpt(' or '.join(here))}"
+                )
         stays = _entries(day.get("accommodation", "-"))
         for name, city in stays[:1]:
             row = hotels.get((name, city))
             if row is None:
-                sandbox.append(f"accommodation {name!r} in {city or '?'} is not in the information")
+                sandbox.append(
+                    f"accommodation {excerpt(name)!r} in {excerpt(city) or '?'} is not in the information"
+                )
                 nights.append("?")
                 continue
             nights.append(name)
             cost += row["price"] * math.ceil(people / max(int(row["maximum occupancy"]), 1))
             if city != here[-1]:
-                elsewhere.append(f"day {index} accommodation is in {city}, not in {here[-1]}")
+                elsewhere.append(
+                    f"day {index} accommodation is in {excerpt(city)}, not in {excerpt(here[-1])}"
+                )
         if not stays:
             nights.append("-")
     filled = sum(1 for day in plan[: c["days"]] for value in day.values() if value and value.strip() != "-")
@@ -359,12 +373,14 @@ def evaluate_plan(
     repeats = sorted({r for r in used_restaurants if used_restaurants.count(r) > 1})
     check(
         "diverse restaurants",
-        [f"restaurant {r!r} is visited more than once" for r in repeats] or ([] if complete else [vacuous]),
+        [f"restaurant {excerpt(r)!r} is visited more than once" for r in repeats]
+        or ([] if complete else [vacuous]),
     )
     repeats = sorted({a for a in used_attractions if used_attractions.count(a) > 1})
     check(
         "diverse attractions",
-        [f"attraction {a!r} is visited more than once" for a in repeats] or ([] if complete else [vacuous]),
+        [f"attraction {excerpt(a)!r} is visited more than once" for a in repeats]
+        or ([] if complete else [vacuous]),
     )
     conflict = "self-driving" in modes and ("flight" in modes or "taxi" in modes)
     check(
