@@ -28,6 +28,9 @@ def test_cold_start_traces_are_correct_and_well_formed(template):
         get_task("gsm8k").verify(Instance.from_dict(r["instance"]), answer_text(r["completion"])).solved
         for r in gsm
     )
+    countdown = get_task("countdown")
+    for row in cold_start_examples(countdown, n=3, seed=0, num_numbers=3, max_number=20):
+        assert countdown.verify(Instance.from_dict(row["instance"]), answer_text(row["completion"])).solved
     with pytest.raises(ValueError, match="cold-start"):
         cold_start_examples(get_task("travelplanner"), n=1, seed=0)
 
