@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import typer
 from testtime.demo_base import DemoContext, DemoSection
 from testtime.errors import UserError
 
-__all__ = ["DEMO_PARTS", "DemoContext", "DemoSection", "register", "run_demo"]
+__all__ = ["DEMO_PARTS", "DemoContext", "DemoPartsFailed", "DemoSection", "register", "run_demo"]
 
 # (part name, module): a part appears in the tour once its module exists.
 DEMO_PARTS: tuple[tuple[str, str], ...] = (
@@ -63,13 +64,57 @@ def run_demo(ctx: DemoContext, *, only: list[str] | None = None) -> Path:
         if unknown:
             raise UserError(f"unknown demo part(s) {unknown}; available: {names}")
         parts = [(name, module) for name, module in parts if name in only]
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[DemoSection, float]] = []
-    for index, (name, module) in enumerate(parts, 1):
-        typer.secho(f"\n== [{index}/{len(parts)}] {name} ==", bold=True)
-        start = time.perf_counter()
-        section = module.run(ctx)
-        sections.append((section, time.perf_counter() - start))
+    try:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report folder {ctx.out_dir}: {exc.strerror or exc}") from None
+    report = ctx.out_dir / "report.md"
+    sections: list[tuple[str, DemoSection | None, float]] = []
+    failed: list[str] = []
+    try:
+        for index, (name, module) in enumerate(parts, 1):
+            typer.secho(f"\n== [{index}/{len(parts)}] {name} ==", bold=True)
+            start = time.perf_counter()
+            try:
+                section = module.run(ctx)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # one part's failure must not lose the others' results
+                log = ctx.out_dir / f"{name}-error.txt"
+                log.write_text(traceback.format_exc())
+                typer.secho(
+                    f"part {name!r} failed: {type(exc).__name__}: {exc} (traceback in {log})", fg="red"
+                )
+                failed.append(name)
+                section = None
+            sections.append((name, section, time.perf_counter() - start))
+            _write_report(report, ctx, sections)  # after every part: an interrupted tour keeps what ran
+    except KeyboardInterrupt:
+        _write_report(report, ctx, sections, interrupted=True)
+        typer.secho(f"\ninterrupted; the parts that finished are in {report}", fg="yellow")
+        raise typer.Exit(130) from None
+    _write_report(report, ctx, sections)
+    if failed:
+        typer.secho(f"\nreport: {report}", fg=typer.colors.GREEN)
+        raise DemoPartsFailed(failed)
+    return report
+
+
+class DemoPartsFailed(Exception):
+    """Some parts of the tour raised; the report holds the others and names these."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"demo part(s) failed: {', '.join(names)}")
+        self.names = names
+
+
+def _write_report(
+    report: Path,
+    ctx: DemoContext,
+    sections: list[tuple[str, DemoSection | None, float]],
+    *,
+    interrupted: bool = False,
+) -> None:
     lines = [
         "# testtime demo",
         "",
@@ -77,13 +122,18 @@ def run_demo(ctx: DemoContext, *, only: list[str] | None = None) -> Path:
         f"seed {ctx.seed}.",
         "",
     ]
-    for section, seconds in sections:
+    for name, section, seconds in sections:
+        if section is None:
+            lines += [f"## {name}", "", f"_failed after {seconds:.1f} s: see `{name}-error.txt`_", ""]
+            continue
         lines += [f"## {section.title}", "", f"_{seconds:.1f} s_", "", section.markdown.rstrip(), ""]
         lines += [f"![{fig.stem}]({fig.name})" for fig in section.figures]
         lines.append("")
-    report = ctx.out_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    if interrupted:
+        lines += ["_The tour was interrupted; the parts above finished._", ""]
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(report)
 
 
 def register(app: typer.Typer) -> None:
@@ -97,7 +147,9 @@ def register(app: typer.Typer) -> None:
             "-m",
             help="Model: 'smollm2' (embedded), a .gguf file, a local directory or a transformers hub id.",
         ),
-        out: Path = typer.Option(Path("runs"), "--out", help="Reports go to OUT/<timestamp>/report.md."),
+        out: Path = typer.Option(
+            Path("runs"), "--out", "-o", help="Reports go to OUT/<timestamp>/report.md."
+        ),
         seed: int = typer.Option(
             0, "--seed", min=0, max=2**32 - 1, help="Seed for everything random in the demo."
         ),
@@ -115,5 +167,9 @@ def register(app: typer.Typer) -> None:
         """
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         ctx = DemoContext(out_dir=out / stamp, model_name=model, seed=seed, quick=quick)
-        report = run_demo(ctx, only=only or None)
+        try:
+            report = run_demo(ctx, only=only or None)
+        except DemoPartsFailed as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(1) from None
         typer.secho(f"\nreport: {report}", fg=typer.colors.GREEN)
