@@ -293,3 +293,15 @@ def test_qwen2_biases_run_on_the_lean_path_and_match_generate():
     completions = [[3, 4], [5], [6, 7, 8], [9]]
     for prompt, completion, got in zip(PROMPTS, completions, engine.score(PROMPTS, completions), strict=True):
         assert got == pytest.approx(_full_forward_logprobs(model, prompt, completion), abs=TOL)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_bfloat16_greedy_matches_generate_in_bfloat16(tiny_llama_dir, lean):
+    """bf16 weights: the engine's greedy tokens equal transformers' own bf16 ``generate`` (ragged batch and alone)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).eval()
+    engine = Engine(model, lean=lean)
+    assert engine.dtype == torch.bfloat16
+    assert engine.generate(PROMPTS, max_new_tokens=16).tokens == _generate_reference(model, PROMPTS, 16, [-1])
+    for prompt in PROMPTS[:2]:
+        alone = engine.generate([prompt], max_new_tokens=16).tokens
+        assert alone == _generate_reference(model, [prompt], 16, [-1])

@@ -8,8 +8,9 @@ weights packed once, and drops the overhead (measured in docs/benchmarks/generat
 - **Lean path** (Llama, Mistral without sliding window, Qwen2, SmolLM2: ``model.model.layers[i]`` with
   ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` as plain ``nn.Linear``, SiLU, RMSNorm, no
   q/k norms): its own forward reading the HF weights, with RMSNorm, RoPE and the token sampler of
-  ``testtime.nn`` (RoPE tables from the model's own rotary module, so any RoPE scaling it implements
-  applies), fused QKV and gate/up matrices, SDPA with the query heads of one KV group folded into the query
+  ``testtime.nn`` (RoPE in the activations' dtype, :func:`testtime.nn.fused.apply_rope_native`, equal to
+  the plain form in float32 and rounding like transformers in bfloat16, with tables from the model's own
+  rotary module, so any RoPE scaling it implements applies), fused QKV and gate/up matrices, SDPA with the query heads of one KV group folded into the query
   length while decoding (no K/V repetition), logits of the last position only, and on CPUs with oneDNN
   every weight product (the LM head too) on a pre-packed copy of the weight.
 - **Fallback path** (any other causal LM): the model's own forward with its ``DynamicCache``.
@@ -65,8 +66,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from testtime.llm.compat import cache_kwargs, returned_cache
+from testtime.nn.fused import apply_rope_native
 from testtime.nn.norm import rms_norm
-from testtime.nn.rope import apply_rope
 from testtime.nn.sampling import sample
 
 __all__ = ["DecodeBatch", "Engine", "GenerationResult", "Row", "lean_supported"]
@@ -801,16 +802,18 @@ class Engine:
                 self._layers[index] = self._build_layer(layer)
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin``: ``[length, D/2]`` from the model's own rotary module (any RoPE scaling it implements)."""
+        """``cos, sin``: ``[length, D]`` from the model's own rotary module (any RoPE scaling it implements).
+
+        In the model's dtype, both halves repeating the ``D/2`` angles, for :func:`apply_rope_native`.
+        """
         if self._rope_cache is None or self._rope_cache[0] < length:
             size = max(length, 256, 2 * (self._rope_cache[0] if self._rope_cache else 0))
             positions = torch.arange(size, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.model.model.rotary_emb(probe, positions)
             half = cos.shape[-1] // 2
-            # HF's tables repeat the D/2 angles over both halves; testtime.nn's RoPE takes one half.
             assert torch.equal(cos[0, :, :half], cos[0, :, half:]), "half-split RoPE tables expected"
-            self._rope_cache = (size, cos[0, :, :half], sin[0, :, :half])
+            self._rope_cache = (size, cos[0], sin[0])
         return self._rope_cache[1], self._rope_cache[2]
 
     # ------------------------------------------------------------------ lean forward
@@ -848,7 +851,7 @@ class Engine:
         assert self._misc is not None, "_sync_weights runs before any forward"
         x = F.embedding(ids, self._misc[1])
         table_cos, table_sin = self._rope_tables(int(positions.max()) + 1)
-        cos = table_cos[positions].unsqueeze(1)  # [B, 1, S, D/2]
+        cos = table_cos[positions].unsqueeze(1)  # [B, 1, S, D]
         sin = table_sin[positions].unsqueeze(1)
         q_size, kv_size = nh * d, nk * d
         rows = torch.arange(num_rows, device=ids.device)
@@ -856,8 +859,8 @@ class Engine:
             h = rms_norm(x, weights.ln_attn, eps=self.eps)
             qkv = weights.qkv(h)
             q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = apply_rope(q.view(num_rows, length, nh, d).transpose(1, 2), cos, sin)
-            k = apply_rope(k.view(num_rows, length, nk, d).transpose(1, 2), cos, sin)
+            q = apply_rope_native(q.view(num_rows, length, nh, d).transpose(1, 2), cos, sin)
+            k = apply_rope_native(k.view(num_rows, length, nk, d).transpose(1, 2), cos, sin)
             v = v.view(num_rows, length, nk, d).transpose(1, 2)
             layer_k, layer_v = cache_k[index], cache_v[index]  # [B, Nk, C, D]
             if write is None:
