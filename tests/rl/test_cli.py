@@ -136,10 +136,23 @@ def test_stages_run_end_to_end(tmp_path, tiny_llama_dir):
         (["eval", "--num-problems", "0"], "--num-problems"),
         (["eval", "--top-p", "2"], "--top-p"),
         (["sample", "--num-samples", "0"], "--num-samples"),
+        (["grpo", "--lr", "inf"], "learning_rate"),
+        (["grpo", "--seed", "-1"], "--seed"),
+        (["grpo", "--out", "a_file"], "is a file"),
+        (["sft", "--task", "arithmetic", "--max-steps", "0"], "--max-steps"),
+        (["sft", "--task", "arithmetic", "--epochs", "nan"], "epochs"),
+        (["sft", "--task", "arithmetic", "--out", "a_file"], "is a file"),
+        (["sample", "--temperature", "nan"], "--temperature"),
+        (["sample", "--out", "a_file"], "is a file"),
+        (["distill", "--teacher", "smollm2", "--lr", "nan"], "learning_rate"),
+        (["eval", "--seeds", ",,"], "--seeds"),
+        (["eval", "--seeds", "99999999999999999999"], "--seeds must be in"),
+        (["eval", "--out", "a_file"], "is a file"),
     ],
 )
 def test_bad_values_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
     result = run(args)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -151,3 +164,23 @@ def test_bad_jsonl_line_is_named(tmp_path):
     bad.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
     result = run(["sft", "--data", str(bad), "--model", str(tmp_path)])
     assert result.exit_code == 2 and "bad.jsonl:2" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe\x00garbage\n", "not UTF-8"),
+        (b'{"prompt": 3, "completion": "b"}\n', "SFT row 1: 'prompt'"),
+        (
+            b'{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": null}\n',
+            "SFT row 2: 'completion'",
+        ),
+        (b'{"prompt": [{"role": "user"}], "completion": "b"}\n', "SFT row 1: 'prompt'"),
+    ],
+)
+def test_bad_sft_rows_fail_before_loading_a_model(content, message, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    result = run(["sft", "--data", str(bad), "--model", str(tmp_path / "no-model-here")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output

@@ -8,6 +8,7 @@ values end with one line and exit status 2 (``UserError``).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,38 @@ def _load(model: str, device: str) -> tuple[Any, Any]:
 
 
 def _positive(name: str, value: float, *, zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise UserError(f"{name} must be {'>= 0' if zero else '> 0'}, got {value}")
+
+
+def _seed(name: str, value: int) -> int:
+    from testtime.cli_options import MAX_SEED
+
+    if not 0 <= value <= MAX_SEED:
+        raise UserError(f"{name} must be in 0..{MAX_SEED}, got {value}")
+    return value
+
+
+def _out_dir(out: Path) -> Path:
+    """Create the run folder now, so a bad --out fails in one line before any model is loaded."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
+    return out
+
+
+def _split_warning(split: str, *, training: bool) -> None:
+    if training and split == "test":
+        typer.echo(
+            "warning: training on the test split; report results on problems you did not train on", err=True
+        )
+    if not training and split == "train":
+        typer.echo(
+            "warning: evaluating on the train split; held-out results come from --split test", err=True
+        )
 
 
 def _template(name: str) -> str:
@@ -95,6 +126,13 @@ def _instances(task: Any, split: str, count: int, seed: int, knobs: dict[str, in
     if not instances:
         raise UserError(f"task {task.name!r} split {split!r} has no problems")
     return instances
+
+
+def _check_rows(rows: list[dict[str, Any]]) -> None:
+    """The SFT row checks of ``sft_train``, run before a model is loaded."""
+    from testtime.rl.sft import check_sft_rows
+
+    check_sft_rows(rows)
 
 
 def _echo_json(payload: dict[str, Any]) -> None:
@@ -155,10 +193,12 @@ def register(app: typer.Typer) -> None:
 
         _threads(threads)
         dev = _device(device)
+        _seed("--seed", seed)
         task = _task(task_name)
         knobs = _knobs(difficulty)
         _instances(task, split, 1, seed, knobs)  # validates split and knobs
         _positive("--num-problems", num_problems)
+        _split_warning(split, training=True)
         try:
             config = GRPOConfig(
                 num_generations=num_samples,
@@ -186,6 +226,7 @@ def register(app: typer.Typer) -> None:
         dataset = task_dataset(
             task, split=split, n=num_problems, seed=seed, template=_template(template), **knobs
         )
+        _out_dir(out)
         info = setup("cuda" if dev == "cuda" else "cpu")
         try:
             policy, tokenizer = _load(model, str(info.device))
@@ -228,6 +269,9 @@ def register(app: typer.Typer) -> None:
         dev = _device(device)
         if (data is None) == (task_name is None):
             raise UserError("give exactly one of --data FILE or --task NAME")
+        _seed("--seed", seed)
+        if max_steps is not None and max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         try:
             config = SFTConfig(
                 learning_rate=learning_rate,
@@ -248,9 +292,10 @@ def register(app: typer.Typer) -> None:
                     template=_template(template),
                     **_knobs(difficulty),
                 )
+            _check_rows(rows)
         except ValueError as error:
             raise UserError(str(error)) from None
-        out.mkdir(parents=True, exist_ok=True)
+        _out_dir(out)
         write_jsonl(out / "sft_data.jsonl", rows)
         policy, tokenizer = _load(model, dev)
         try:
@@ -273,10 +318,12 @@ def register(app: typer.Typer) -> None:
         require_format: bool,
         seed: int,
         dev: str,
+        out: Path,
     ) -> tuple[list[dict[str, Any]], dict[str, float]]:
         from testtime.llm.local import LocalLLM
         from testtime.rl.sft import rejection_sample
 
+        _seed("--seed", seed)
         task = _task(task_name)
         instances = _instances(task, split, num_problems, seed, _knobs(difficulty))
         _positive("--num-samples", num_samples)
@@ -284,6 +331,7 @@ def register(app: typer.Typer) -> None:
         _positive("--max-new-tokens", max_new_tokens)
         if not 0 < top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+        _out_dir(out)
         teacher, tokenizer = _load(model, dev)
         llm = LocalLLM(teacher.eval(), tokenizer)
         return rejection_sample(
@@ -340,6 +388,7 @@ def register(app: typer.Typer) -> None:
             require_format,
             seed,
             _device(device),
+            out,
         )
         path = write_jsonl(out / "sft.jsonl", rows)
         logger = JsonlLogger(out)
@@ -373,6 +422,8 @@ def register(app: typer.Typer) -> None:
 
         _threads(threads)
         dev = _device(device)
+        if max_steps is not None and max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         try:
             config = SFTConfig(
                 learning_rate=learning_rate,
@@ -397,6 +448,7 @@ def register(app: typer.Typer) -> None:
             False,
             seed,
             dev,
+            out,
         )
         write_jsonl(out / "teacher_traces.jsonl", rows)
         if not rows:
@@ -438,12 +490,19 @@ def register(app: typer.Typer) -> None:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             raise UserError(f"--seeds wants comma-separated integers, got {seeds!r}") from None
+        for value in seed_list:
+            _seed("--seeds", value)
+        if not seed_list:
+            raise UserError(f"--seeds wants at least one integer, got {seeds!r}")
+        _seed("--seed", seed)
+        _split_warning(split, training=False)
         if num_samples < 0:
             raise UserError(f"--num-samples must be >= 0, got {num_samples}")
         _positive("--temperature", temperature)
         _positive("--max-new-tokens", max_new_tokens)
         if not 0 < top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+        _out_dir(out)
         policy, tokenizer = _load(model, dev)
         llm = LocalLLM(policy.eval(), tokenizer)
         try:

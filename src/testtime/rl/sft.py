@@ -175,12 +175,12 @@ class SFTConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.epochs <= 0 and self.max_steps is None:
-            raise ValueError("epochs must be > 0")
+        if not (math.isfinite(self.epochs) and self.epochs > 0) and self.max_steps is None:
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
 
@@ -192,6 +192,26 @@ def _encode(tokenizer: Any, prompt: Any) -> list[int]:
     if hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)
+
+
+def check_sft_rows(rows: Sequence[Any]) -> None:
+    """Raise ValueError naming the first row that is not ``{"prompt": text or messages, "completion": text}``."""
+    if not rows:
+        raise ValueError("no SFT rows")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "prompt" not in row or "completion" not in row:
+            raise ValueError(f"SFT row {number}: every row needs 'prompt' and 'completion'")
+        prompt = row["prompt"]
+        chat = isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt
+        )
+        if not (isinstance(prompt, str) or (chat and prompt)):
+            raise ValueError(
+                f"SFT row {number}: 'prompt' must be text or a list of {{role, content}} messages"
+            )
+        if not isinstance(row["completion"], str):
+            raise ValueError(f"SFT row {number}: 'completion' must be text")
 
 
 def sft_train(
@@ -213,9 +233,8 @@ def sft_train(
         raise ValueError("no SFT rows")
     eos = tokenizer.eos_token_id
     examples = []
+    check_sft_rows(rows)
     for row in rows:
-        if "prompt" not in row or "completion" not in row:
-            raise ValueError("every SFT row needs 'prompt' and 'completion'")
         completion = list(tokenizer(str(row["completion"]), add_special_tokens=False)["input_ids"])
         if eos is not None:
             completion.append(int(eos))
@@ -380,7 +399,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

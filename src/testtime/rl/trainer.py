@@ -63,6 +63,11 @@ from testtime.rl.logprobs import completion_logprobs
 __all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "refresh_llm_weights", "updating_weights"]
 
 
+def _finite(value: float) -> float:
+    """``value``, or NaN for infinities (every comparison with NaN is false, so checks reject both)."""
+    return value if math.isfinite(value) else math.nan
+
+
 @dataclass(kw_only=True)
 class GRPOConfig:
     """GRPO hyperparameters (names follow TRL's GRPOConfig; paper values in the comments).
@@ -109,13 +114,16 @@ class GRPOConfig:
             (self.num_generations >= 2, f"num_generations must be >= 2, got {self.num_generations}"),
             (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
             (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
-            (self.temperature > 0, f"temperature must be > 0 for GRPO sampling, got {self.temperature}"),
+            (
+                _finite(self.temperature) > 0,
+                f"temperature must be > 0 for GRPO sampling, got {self.temperature}",
+            ),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}"),
-            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            (_finite(self.beta) >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}"),
-            (self.epsilon >= 0, "epsilon must be >= 0"),
-            (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
+            (_finite(self.epsilon) >= 0, f"epsilon must be >= 0, got {self.epsilon}"),
+            (self.epsilon_high is None or _finite(self.epsilon_high) >= 0, "epsilon_high must be >= 0"),
             (
                 self.importance_sampling_level in ("token", "sequence"),
                 "importance_sampling_level: token|sequence",
@@ -123,11 +131,14 @@ class GRPOConfig:
             (self.scale_rewards in ("group", "batch", "none"), "scale_rewards must be group, batch or none"),
             (self.num_iterations >= 1, "num_iterations must be >= 1"),
             (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {self.optimizer!r}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (
+                _finite(self.learning_rate) > 0,
+                f"learning_rate must be a finite number > 0, got {self.learning_rate}",
+            ),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.max_steps >= 0, "max_steps must be >= 0"),
             (self.chunk_size >= 1, "chunk_size must be >= 1"),
-            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
+            (_finite(self.max_grad_norm) >= 0, "max_grad_norm must be >= 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.save_every >= 0, "save_every must be >= 0"),
         ]
