@@ -13,7 +13,8 @@
 Quantisation is ``x.to(torch.float8_e4m3fn)`` on the scaled values (round to nearest even, saturating at 448),
 then back to float32.
 
-Shape legend: ``m`` rows (tokens), ``k`` reduction dim, ``n`` output features, ``c`` chunk index, ``t`` = 128.
+Shape legend: ``m`` rows (tokens), ``k`` reduction dim, ``n`` output features, ``c`` chunk index; a chunk is
+``TILE`` = 128 values along ``k``.
 
 Deviations: the limited-precision accumulation inside a chunk is modelled by one rounding of the chunk's
 exact sum (the hardware truncates as it adds), so it underestimates that error slightly; master weights,
@@ -48,12 +49,12 @@ def fake_quant_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def _tile_scales(chunks: torch.Tensor) -> torch.Tensor:
-    """Per-tile scale ``amax / 448`` for ``(rows, c, t)`` chunks -> ``(rows, c, 1)``."""
+    """Per-tile scale ``amax / 448`` for ``(rows, c, TILE)`` chunks -> ``(rows, c, 1)``."""
     return (chunks.abs().amax(-1, keepdim=True) / E4M3_MAX).clamp_min(1e-30)
 
 
 def _block_scales(chunks: torch.Tensor) -> torch.Tensor:
-    """Per 128x128-block scale for ``(rows, c, t)`` chunks (blocks of 128 rows) -> ``(rows, c, 1)``."""
+    """Per 128x128-block scale for ``(rows, c, TILE)`` chunks (blocks of 128 rows) -> ``(rows, c, 1)``."""
     rows = chunks.shape[0]
     blocks = -(-rows // TILE)
     padded = F.pad(chunks.abs(), (0, 0, 0, 0, 0, blocks * TILE - rows))

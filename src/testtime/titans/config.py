@@ -33,7 +33,8 @@ class MemoryConfig:
             on by default: without it gradient descent on a deep memory diverged within tens of training
             steps in our runs, as its curvature grows with its weights; the normalisation makes the
             memory scale-invariant, as TTT's LayerNorm does). False is the paper's plain MLP.
-        chunk_size: b, tokens whose gradients are taken at the same (chunk-start) weights (eq. 16).
+        chunk_size: c (the paper writes b), tokens whose gradients are taken at the same (chunk-start)
+            weights (eq. 16).
         gates: "token": theta_t, eta_t, alpha_t per token (eqs. 13-14); "chunk": one value per chunk,
             the paper's faster option (§3.2), computed from the chunk's first token so that it stays causal.
         read: which weights token t reads (eq. 15): "after" its own write (M_t), "before" it (M_{t-1}), or
