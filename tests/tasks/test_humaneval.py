@@ -104,3 +104,49 @@ def test_all_canonical_solutions_pass(isolation: str, monkeypatch: pytest.Monkey
     task = get_task("humaneval")
     failing = [i.id for i in task.instances(n=None) if not task.verify(i, i.reference).solved]
     assert failing == []
+
+
+def test_tests_see_the_prompts_helpers_and_unpatched_modules() -> None:
+    """A solution redefining a helper the tests call, or patching a module they use, never passes."""
+    from testtime.tasks.humaneval import HumanEval
+
+    task = HumanEval(cpu_seconds=2, wall_seconds=6.0, memory_mb=512)
+    by_id = {i.id: i for i in task.instances(seed=0)}
+    identity = "    return s\n"
+    hacks = {
+        "redefined helper": (
+            "HumanEval/38",
+            "```python\ndef encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n```",
+        ),
+        "redefined helper, completion": ("HumanEval/50", identity + "def encode_shift(s):\n    return s\n"),
+        "helper and module patched": (
+            "HumanEval/32",
+            "    return 0.0\nimport math\nmath.fabs = lambda x: 0.0\ndef poly(xs, x):\n    return 0\n",
+        ),
+        "module patched during the call": (
+            "HumanEval/32",
+            "    import math\n    math.fabs = lambda x: 0.0\n    return 0.0\n",
+        ),
+        "class attribute patched": (
+            "HumanEval/38",
+            identity + "import random\nrandom.Random._randbelow = lambda self, n: 0\n",
+        ),
+        "instance attribute patched": (
+            "HumanEval/38",
+            identity + "import random\nrandom._inst._randbelow = lambda n: 0\n",
+        ),
+        "instance class swapped": (
+            "HumanEval/38",
+            identity
+            + "import random\nclass R(random.Random):\n    def _randbelow(self, n):\n        return 0\nrandom._inst.__class__ = R\n",
+        ),
+        "code object swapped": (
+            "HumanEval/38",
+            identity + "import random\nrandom.Random.choice.__code__ = (lambda self, seq: '').__code__\n",
+        ),
+    }
+    for label, (task_id, answer) in hacks.items():
+        verdict = task.verify(by_id[task_id], answer)
+        assert verdict.score == 0.0 and not verdict.solved, label
+    for task_id in ("HumanEval/32", "HumanEval/33", "HumanEval/38", "HumanEval/50"):  # tests calling helpers
+        assert task.verify(by_id[task_id], by_id[task_id].reference).solved, task_id

@@ -199,3 +199,29 @@ def test_seccomp_program_by_hand() -> None:
 def test_kernel_layer_refuses_processes_without_the_hook() -> None:
     result = run_python("import os\nos.fork()\n", isolation="bwrap", audit_hook=False, **LIMITS)
     assert result.status == "failed" and "Operation not permitted" in result.stderr
+
+
+def test_signal_handlers_and_replaced_output_files_never_pass() -> None:
+    """A signal handler receives frames (the harness's token among them); a FIFO in the output file's place
+    would block a reader that opens it by name."""
+    tests = "def check(candidate):\n    assert candidate(2) == 4\n"
+    frame_walk = (
+        "import signal, os, sys\ndef h(signum, frame):\n    while frame is not None:\n"
+        "        if 'token' in frame.f_locals:\n            os.write(int(sys.argv[1]), frame.f_locals['token'])\n"
+        "            os._exit(0)\n        frame = frame.f_back\nsignal.signal(signal.SIGALRM, h)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.05)\ndef f(x):\n    while True:\n        pass\n"
+    )
+    hacks = {
+        "signal handler frame walk": frame_walk,
+        "_signal": frame_walk.replace("import signal", "import _signal as signal"),
+        "fifo stdout": "import os\nos.remove('.stdout')\nos.mkfifo('.stdout')\ndef f(x):\n    return 0\n",
+        "fifo stderr": "import os\nos.remove('.stderr')\nos.mkfifo('.stderr')\ndef f(x):\n    return 0\n",
+        "symlinked stderr": "import os\nos.remove('.stderr')\nos.symlink('/etc/passwd', '.stderr')\nraise ValueError\n",
+    }
+    for isolation in ["bwrap", "fallback"] if BWRAP else ["fallback"]:
+        for label, source in hacks.items():
+            start = time.perf_counter()
+            result = run_tests(source, tests, "f", isolation=isolation, **LIMITS)
+            assert time.perf_counter() - start < 10, label
+            assert result.status != "passed" and not result.completed, label
+            assert "root:" not in result.stderr, label

@@ -93,7 +93,8 @@ class HumanEval(Task):
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         data = instance.data
-        result = run_tests(build_solution(data, answer), data["test"], data["entry_point"], **self.limits)
+        solution = build_solution(data, answer)
+        result = run_tests(solution, data["test"], data["entry_point"], context=data["prompt"], **self.limits)
         if result.status == "passed":
             return Verdict(
                 score=1.0, solved=True, feedback="All tests pass.", details={"status": result.status}

@@ -30,13 +30,22 @@ SystemExit(0)``, killing the parent or a crash never pass.
 
 **Tests** (:func:`run_tests`): the solution runs first; the tests then run with a pristine copy of the
 builtins (a solution that patches ``builtins.abs`` or ``isinstance`` does not change what the tests see),
-and the function under test is wrapped so that a call whose result is not plain data (``int``, ``str``,
-``list`` ... exactly, no subclasses) fails: an object whose ``__eq__`` is always true cannot pass.
+in their own namespace built from ``context`` (HumanEval: the prompt, so a helper the tests call, such as
+``encode_cyclic``, is the prompt's even when the solution redefines it), and the function under test is
+wrapped so that a call whose result is not plain data (``int``, ``str``, ``list`` ... exactly, no
+subclasses) fails: an object whose ``__eq__`` is always true cannot pass. Every module loaded before the
+program (the tests' ``math``, ``random``, ``copy``, ``string`` among them), the classes they define and
+their module-level objects (``random._inst``) are put back as they were after the program and after each
+call of the function (an identity check of every saved value, about 1 ms, then a repair of what changed),
+and the hook refuses assigning ``__code__``, ``__defaults__``, ``__class__`` or ``__bases__``. Signal
+handlers (which receive frames) cannot be set: ``signal`` and ``_signal`` cannot be imported.
 
-What remains, honestly: the solution and the tests share one interpreter, so a solution can still patch a
-shared module the tests use (``math.isclose``, a helper defined in the prompt); the fallback's audit hook
-is not a security boundary (C extensions call libc without audit events); under bubblewrap a fork bomb
-is impossible but threads are allowed (bounded by the CPU and memory limits).
+What remains, honestly: the solution and the tests share one interpreter, so a solution can still change
+state this does not watch (the contents of a module-level list or dict, a module imported after the
+program started); the completion token is guarded by the audit hook, so bubblewrap alone (``audit_hook=
+False``, a test setting) keeps files and network safe but not the token; the fallback's audit hook is not a
+security boundary (C extensions call libc without audit events); under bubblewrap a fork bomb is
+impossible but threads are allowed (bounded by the CPU and memory limits).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import warnings
 from dataclasses import dataclass
 
@@ -86,7 +96,11 @@ def _main():
         ))
         write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
         frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "f_locals"))
-        blocked_modules = frozenset(("ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty"))
+        blocked_modules = frozenset((
+            "ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty", "signal", "_signal",
+            "_testcapi", "_testinternalcapi", "_testmultiphase", "_xxsubinterpreters", "_xxinterpchannels",
+        ))
+        internals = frozenset(("__code__", "__defaults__", "__kwdefaults__", "__class__", "__bases__"))
 
         def resolve(path):
             try:
@@ -125,6 +139,9 @@ def _main():
                         raise PermissionError("sandbox: " + event + " outside the sandbox directory is not allowed")
             elif event == "import" and args and args[0] in blocked_modules:
                 raise PermissionError("sandbox: importing " + str(args[0]) + " is not allowed")
+            elif event in ("object.__setattr__", "object.__delattr__") and len(args) > 1:
+                if args[1] in internals:
+                    raise PermissionError("sandbox: changing " + str(args[1]) + " there is not allowed")
 
         return hook
 
@@ -153,11 +170,80 @@ def _main():
     if {with_tests}:
         with open("tests.py", encoding="utf-8") as handle:
             tests = compile(handle.read(), "tests.py", "exec")
-    # modules that look at their caller's frame while being imported, imported before the hook
-    import collections, functools, itertools, math, re, string, typing  # noqa: F401, E401
+    context = None
+    if {with_context}:
+        with open("context.py", encoding="utf-8") as handle:
+            context = compile(handle.read(), "context.py", "exec")
+    # modules that look at their caller's frame while being imported, and those tests import, before the hook
+    import collections, copy, functools, itertools, math, random, re, string, typing  # noqa: F401, E401
+    # signal handlers receive frames (the harness's among them): no handler can be set from here on
+    sys.modules.pop("_signal", None)
+    sys.modules.pop("signal", None)
     pristine = dict(builtins.__dict__)
-    plain_types = (int, float, complex, bool, str, bytes, type(None), list, tuple, dict, set, frozenset)
+    # Every module loaded so far, the classes and objects they hold, as they are now: after the program and
+    # after each call of the function the tests see these values again, whatever the program patched.
+    from itertools import repeat
+    from operator import is_
+    missing, set_attribute, delete_attribute = object(), type.__setattr__, type.__delattr__
+    watched, seen = [], set()
+
+    def watch(mapping, owner):
+        key = id(mapping) if owner is None else id(owner)
+        if key not in seen:
+            seen.add(key)
+            watched.append((mapping, owner, tuple(mapping), tuple(mapping.values())))
+
     type_of = type
+    for module in list(sys.modules.values()):
+        if type_of(getattr(module, "__dict__", None)) is dict:
+            watch(module.__dict__, None)
+            for value in list(module.__dict__.values()):
+                try:
+                    if isinstance(value, type):
+                        watch(value.__dict__, value)
+                    elif type_of(getattr(value, "__dict__", None)) is dict and not callable(value):
+                        watch(value.__dict__, None)  # a module-level instance such as random._inst
+                except Exception:
+                    pass
+
+    # the quick check, all in C: every mapping's length and every saved value, by identity
+    mappings, lengths = [w[0] for w in watched], [len(w[2]) for w in watched]
+    flat = {{dict: ([], [], []), type_of(type.__dict__): ([], [], [])}}
+    for mapping, _, keys, values in watched:
+        maps, flat_keys, flat_values = flat[type_of(mapping)]
+        maps.extend([mapping] * len(keys))
+        flat_keys.extend(keys)
+        flat_values.extend(values)
+    checks = [(kind.get, *columns) for kind, columns in flat.items()]
+
+    def unchanged():
+        if list(map(len, mappings)) != lengths:
+            return False
+        for get, maps, keys, values in checks:
+            if not all(map(is_, map(get, maps, keys, repeat(missing)), values)):
+                return False
+        return True
+
+    def restore():
+        if unchanged():
+            return
+        for mapping, owner, keys, values in watched:
+            if len(mapping) == len(keys) and all(map(is_, map(mapping.get, keys, repeat(missing)), values)):
+                continue
+            old = dict(zip(keys, values))
+            for key in [k for k in mapping if k not in old]:
+                try:
+                    delete_attribute(owner, key) if owner is not None else mapping.pop(key)
+                except BaseException:
+                    pass
+            for key, value in old.items():
+                if mapping.get(key, missing) is not value:
+                    try:
+                        set_attribute(owner, key, value) if owner is not None else mapping.__setitem__(key, value)
+                    except BaseException:
+                        pass
+
+    plain_types = (int, float, complex, bool, str, bytes, type(None), list, tuple, dict, set, frozenset)
 
     def plain(value, budget):
         budget[0] -= 1
@@ -177,15 +263,25 @@ def _main():
     exec(program, namespace)
     if tests is not None:
         candidate = namespace[{entry!r}]
+        restore()
 
         def checked(*args, **kwargs):
-            result = candidate(*args, **kwargs)
+            try:
+                result = candidate(*args, **kwargs)
+            finally:
+                restore()
             if not plain(result, [1000000]):
                 raise TypeError("sandbox: the function returned " + type_of(result).__name__ + ", not plain data")
             return result
 
-        test_namespace = dict(namespace)
+        if context is None:
+            test_namespace = dict(namespace)
+        else:  # the tests' helpers come from the context (the prompt), not from the solution
+            test_namespace = {{"__name__": "__main__"}}
         test_namespace["__builtins__"] = pristine
+        if context is not None:
+            exec(context, test_namespace)
+            test_namespace[{entry!r}] = checked  # tests may call the function by its name
         exec(tests, test_namespace)
         test_namespace["check"](checked)
     try:
@@ -380,11 +476,13 @@ def run_tests(
     memory_mb: int = 1024,
     max_output_bytes: int = 1_000_000,
     isolation: str | None = None,
+    context: str | None = None,
 ) -> SandboxResult:
     """Run a solution, then tests defining ``check(candidate)``, and call ``check(solution[entry_point])``.
 
-    The tests see pristine builtins and a wrapped candidate whose results must be plain data (module
-    docstring). Passed means ``check`` returned.
+    The tests see pristine builtins, the standard modules as they were before the solution ran, and a
+    wrapped candidate whose results must be plain data (module docstring). Passed means ``check``
+    returned.
 
     Args:
         solution: the solution's source (e.g. HumanEval's prompt plus the completion).
@@ -395,6 +493,9 @@ def run_tests(
         memory_mb: address-space limit.
         max_output_bytes: limit on each output stream.
         isolation: as for :func:`run_python`.
+        context: source run in the tests' own namespace before them (HumanEval: the prompt, so helpers
+            it defines, such as ``encode_cyclic``, are the prompt's and not the solution's); None: the
+            tests see a copy of the solution's names.
 
     Returns:
         A :class:`SandboxResult`.
@@ -405,6 +506,7 @@ def run_tests(
         solution,
         tests=tests,
         entry_point=entry_point,
+        context=context,
         isolation=isolation or isolation_mode(),
         cpu_seconds=cpu_seconds,
         wall_seconds=wall_seconds,
@@ -419,6 +521,7 @@ def _spawn(
     isolation: str,
     tests: str | None = None,
     entry_point: str = "",
+    context: str | None = None,
     cpu_seconds: int = 5,
     wall_seconds: float = 10.0,
     memory_mb: int = 1024,
@@ -437,15 +540,17 @@ def _spawn(
     try:
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8", errors="replace") as handle:
             handle.write(source)
-        if tests is not None:
-            with open(os.path.join(workdir, "tests.py"), "w", encoding="utf-8", errors="replace") as handle:
-                handle.write(tests)
+        for name, text in (("tests.py", tests), ("context.py", context)):
+            if text is not None:
+                with open(os.path.join(workdir, name), "w", encoding="utf-8", errors="replace") as handle:
+                    handle.write(text)
         guard = _GUARD.format(
             cpu=int(cpu_seconds),
             memory=int(memory_mb) << 20,
             fsize=int(max_output_bytes),
             nproc=256 if as_nobody else 4096,
             with_tests=tests is not None,
+            with_context=tests is not None and context is not None,
             entry=entry_point,
         )
         if not audit_hook:
@@ -479,7 +584,7 @@ def _spawn(
             extra = {"user": 65534, "group": 65534, "extra_groups": []}
         start = time.perf_counter()
         out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        with open(out_path, "w+b") as out, open(err_path, "w+b") as err:
             process = subprocess.Popen(
                 command,
                 cwd=workdir,
@@ -508,11 +613,12 @@ def _spawn(
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            # read through the descriptors opened here: the program may have put a FIFO or a symlink
+            # in the files' places
+            stdout, stderr = _read_head(out, max_output_bytes), _read_head(err, max_output_bytes)
         received = _drain(read_end, 4 * len(token))
         completed = received == token
-        stdout = _read_head(out_path, max_output_bytes)
-        stderr = _read_head(err_path, max_output_bytes)
         code = process.returncode
         if isolation == "bwrap" and code > 128:  # bubblewrap reports a child killed by signal N as 128 + N
             code = 128 - code
@@ -556,9 +662,9 @@ def _drain(fd: int, limit: int) -> bytes:
     return data
 
 
-def _read_head(path: str, limit: int) -> str:
+def _read_head(handle: typing.BinaryIO, limit: int) -> str:
     try:
-        with open(path, "rb") as handle:
-            return handle.read(limit).decode("utf-8", errors="replace")
+        handle.seek(0)
+        return handle.read(limit).decode("utf-8", errors="replace")
     except OSError:
         return ""
