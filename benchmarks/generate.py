@@ -5,12 +5,20 @@ its end-of-sequence token; a run's tokens are the tokens generated up to and inc
 measured interleaved (generate, engine, generate, engine, ...) so that load from other processes hits
 both alike, and the medians and their ratio are reported. Greedy outputs are compared token by token.
 
+The engine also runs on a bfloat16 copy of the model in the same interleaved rounds (``--no-bf16`` skips
+it): its tokens/s, its ratio to the float32 engine, and the share of rows whose greedy tokens equal the
+float32 engine's (bfloat16 rounding changes some argmaxes; the test suite checks that the bfloat16 engine
+equals ``generate`` in bfloat16). Whether bfloat16 is faster depends on the CPU: with AVX-512 BF16 or AMX,
+oneDNN runs the products natively; without them (AVX2 only) torch converts to float32 and it is slower.
+When ``llama_cpp`` (llama-cpp-python) is importable, llama.cpp decodes the batch-1 prompt greedily from
+the same GGUF file in the same rounds.
+
 Usage::
 
-    python benchmarks/generate.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--repeats 3]
+    python benchmarks/generate.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--repeats 3] [--no-bf16]
 
 The last line printed is one JSON object with ``ratio_batch8`` (engine / generate aggregate tokens/s at
-batch 8) and the other measurements.
+batch 8), ``bf16_vs_fp32_batch*``, ``llamacpp_tok_s_batch1`` when measured, and the other measurements.
 """
 
 from __future__ import annotations
@@ -82,6 +90,35 @@ def _run_engine(engine, prompts: list[list[int]], max_new_tokens: int, eos: list
     return result.tokens, time.perf_counter() - start
 
 
+def _cpu_flags() -> str:
+    """The CPU's bfloat16-relevant flags (``avx512_bf16``, ``amx_bf16``, ``avx512f``, ``avx2``) from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return ",".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags) or "none"
+
+
+def _llamacpp(gguf: str | None, threads: int):
+    """A llama.cpp model on the GGUF file, or None (not importable, or the model is no GGUF file)."""
+    if gguf is None:
+        return None
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    return Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+
+
+def _run_llamacpp(llama, prompt: list[int], max_new_tokens: int) -> tuple[int, float]:
+    """Greedy decoding of one prompt (token ids) by llama.cpp: ``(completion tokens, seconds)``."""
+    llama.reset()
+    start = time.perf_counter()
+    out = llama.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+    return int(out["usage"]["completion_tokens"]), time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model name (default: the embedded SmolLM2)")
@@ -89,6 +126,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each per batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 engine")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,27 +146,49 @@ def main() -> None:
         }
     )
     engine = Engine(model)
+    engine16 = None if args.no_bf16 else Engine(load_model(args.model, dtype=torch.bfloat16)[0])
+    from testtime.llm.loading import resolve_model
+
+    resolved = resolve_model(args.model)
+    gguf = os.path.join(resolved.path, resolved.gguf_file) if resolved.gguf_file else None
+    llama = _llamacpp(gguf, torch.get_num_threads())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"{platform.processor() or platform.machine()}; engine path: {'lean' if engine.lean else 'fallback'}"
+        f"{platform.processor() or platform.machine()}, CPU flags {_cpu_flags()}; engine path: "
+        f"{'lean' if engine.lean else 'fallback'}; bf16: "
+        f"{'off' if engine16 is None else 'oneDNN' if engine16.prepack else 'F.linear (no oneDNN bf16 here)'}; "
+        f"llama.cpp: {'yes' if llama is not None else 'not importable' if gguf else 'no GGUF'}"
     )
-    # Warm up both (first calls allocate and pick kernels).
+    # Warm up every contender (first calls allocate and pick kernels).
     warm = _prompts(tokenizer, 2)
     _run_generate(model, warm, 4, eos, tokenizer.pad_token_id)
     _run_engine(engine, warm, 4, eos)
+    if engine16 is not None:
+        _run_engine(engine16, warm, 4, eos)
+    if llama is not None:
+        _run_llamacpp(llama, warm[0], 4)
 
     summary: dict[str, object] = {
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "engine_path": "lean" if engine.lean else "fallback",
+        "cpu_flags": _cpu_flags(),
+        "bf16_prepacked": None if engine16 is None else engine16.prepack,
+        "llamacpp": llama is not None,
     }
-    print(f"{'batch':>5} {'generate tok/s':>15} {'engine tok/s':>13} {'ratio':>6} {'tokens':>7} identical")
+    print(
+        f"{'batch':>5} {'generate tok/s':>15} {'engine tok/s':>13} {'ratio':>6} {'tokens':>7} identical"
+        f"{'' if engine16 is None else '  bf16 tok/s bf16/fp32 same-as-fp32'}"
+        f"{'' if llama is None else '  llama.cpp tok/s'}"
+    )
     for batch in args.batch_sizes:
         prompts = _prompts(tokenizer, batch)
         gen_rates, eng_rates, ratios = [], [], []
+        bf16_rates, bf16_ratios, llama_rates = [], [], []
         identical = True
         tokens = 0
+        same_rows = 0.0
         for _ in range(args.repeats):
             ref, gen_s = _run_generate(model, prompts, args.max_new_tokens, eos, tokenizer.pad_token_id)
             got, eng_s = _run_engine(engine, prompts, args.max_new_tokens, eos)
@@ -137,9 +197,32 @@ def main() -> None:
             gen_rates.append(tokens / gen_s)
             eng_rates.append(sum(len(r) for r in got) / eng_s)
             ratios.append(eng_rates[-1] / gen_rates[-1])
+            if engine16 is not None:
+                got16, bf16_s = _run_engine(engine16, prompts, args.max_new_tokens, eos)
+                bf16_rates.append(sum(len(r) for r in got16) / bf16_s)
+                bf16_ratios.append(bf16_rates[-1] / eng_rates[-1])
+                same_rows = sum(a == b for a, b in zip(got, got16, strict=True)) / len(got)
+            if llama is not None and batch == 1:
+                count, llama_s = _run_llamacpp(llama, prompts[0], args.max_new_tokens)
+                llama_rates.append(count / llama_s)
         gen, eng = statistics.median(gen_rates), statistics.median(eng_rates)
         ratio = statistics.median(ratios)
-        print(f"{batch:>5} {gen:>15.1f} {eng:>13.1f} {ratio:>6.2f} {tokens:>7} {identical}", flush=True)
+        line = f"{batch:>5} {gen:>15.1f} {eng:>13.1f} {ratio:>6.2f} {tokens:>7} {identical!s:>9}"
+        if bf16_rates:
+            bf16, bf16_ratio = statistics.median(bf16_rates), statistics.median(bf16_ratios)
+            line += f"  {bf16:>10.1f} {bf16_ratio:>9.2f} {same_rows:>12.2f}"
+            summary[f"bf16_tok_s_batch{batch}"] = round(bf16, 2)
+            summary[f"bf16_vs_fp32_batch{batch}"] = round(bf16_ratio, 3)
+            summary[f"bf16_same_rows_batch{batch}"] = round(same_rows, 3)
+        if llama_rates:
+            llama_rate = statistics.median(llama_rates)
+            line += f"  {llama_rate:>16.1f}"
+            summary[f"llamacpp_tok_s_batch{batch}"] = round(llama_rate, 2)
+            if bf16_rates:
+                summary[f"bf16_vs_llamacpp_batch{batch}"] = round(
+                    statistics.median(bf16_rates) / llama_rate, 3
+                )
+        print(line, flush=True)
         summary[f"generate_tok_s_batch{batch}"] = round(gen, 2)
         summary[f"engine_tok_s_batch{batch}"] = round(eng, 2)
         summary[f"ratio_batch{batch}"] = round(ratio, 3)
