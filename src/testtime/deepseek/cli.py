@@ -98,6 +98,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"{path} does not exist")
         if speculative and temperature > 0:
             raise UserError("--speculative decodes greedily; drop --temperature")
+        if tokenizer not in (None, "byte") and not Path(tokenizer).is_file():
+            raise UserError(f"--tokenizer must be 'byte' or a tokenizer.json file; {tokenizer} is neither")
         model, tok = _load_for_generation(path, tokenizer)
         model = model.to(device)  # type: ignore[attr-defined]
         ids = tok.encode(prompt) or [getattr(tok, "eot_id", 0)]  # type: ignore[attr-defined]

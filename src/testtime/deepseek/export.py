@@ -29,14 +29,17 @@ def export_deepseek(run: str | Path, out: str | Path, *, overwrite: bool = False
     Returns:
         ``out``.
     """
-    from testtime.deepseek.model import DeepSeekV3ForCausalLM
-    from testtime.train.export import export_tokenizer, prepare_out_dir
+    from testtime.train.export import check_out_dir, export_tokenizer, prepare_out_dir
     from testtime.train.sample import load_trained, peek_model_name
 
     name = peek_model_name(run)
     if not name.startswith("deepseek"):
         hint = " (use `testtime lm export`)" if name == "transformer" else ""
         raise UserError(f"{run} holds a {name!r} model; `deepseek export` writes DeepSeek-V3 runs{hint}")
+    check_out_dir(out, overwrite=overwrite)  # before the model loads
+
+    from testtime.deepseek.model import DeepSeekV3ForCausalLM
+
     model, tok, saved = load_trained(run)
     assert isinstance(model, DeepSeekV3ForCausalLM)
     if model.config.vocab_size != tok.vocab_size:

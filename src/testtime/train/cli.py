@@ -328,8 +328,9 @@ def register(app: typer.Typer) -> None:
         """Sample text from a trained model."""
         import torch
 
-        from testtime.train.sample import generate, load_trained
+        from testtime.train.sample import generate, load_trained, resolve_checkpoint
 
+        resolve_checkpoint(run)  # a missing or empty folder fails here, before torch threads or models
         if threads is not None:
             torch.set_num_threads(threads)
         model, tok, saved = load_trained(run, device=device)

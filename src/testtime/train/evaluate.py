@@ -55,15 +55,15 @@ def evaluate_run(
     from testtime.train.loop import SPLIT_SEED, evaluate
     from testtime.train.sample import load_trained, peek_model_name
 
-    name = peek_model_name(run)
-    if families is not None and not name.startswith(families):
-        raise UserError(f"{run} holds a {name!r} model; this command evaluates {'/'.join(families)} models")
     if corpus:
         from testtime.train.data import CORPORA
 
         for source in corpus:
             if source not in CORPORA and not Path(source).expanduser().exists():
-                raise UserError(f"corpus {source!r}: no such corpus or path")
+                raise UserError(f"--corpus {source!r}: no such corpus or path")
+    name = peek_model_name(run)
+    if families is not None and not name.startswith(families):
+        raise UserError(f"{run} holds a {name!r} model; this command evaluates {'/'.join(families)} models")
     model, tokenizer, saved = load_trained(run, device=device)
     docs = load_documents(corpus or saved.get("corpus") or ["shakespeare"])
     _, val_docs = split_documents(docs, val_fraction=saved.get("val_fraction", 0.1), seed=SPLIT_SEED)

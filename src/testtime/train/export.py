@@ -21,11 +21,18 @@ from typing import Any
 
 from testtime.errors import UserError
 
-__all__ = ["export_llama", "export_tokenizer", "llama_config", "llama_state_dict", "prepare_out_dir"]
+__all__ = [
+    "check_out_dir",
+    "export_llama",
+    "export_tokenizer",
+    "llama_config",
+    "llama_state_dict",
+    "prepare_out_dir",
+]
 
 
-def prepare_out_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """The export folder, created; an existing non-empty folder needs ``overwrite``."""
+def check_out_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """``out`` as a Path, if it can be written: absent, an empty folder, or ``overwrite``; nothing is created."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
@@ -33,6 +40,12 @@ def prepare_out_dir(out: str | Path, *, overwrite: bool) -> Path:
         raise UserError(
             f"{out} is not empty: pass --overwrite to replace its files, or choose another folder"
         )
+    return out
+
+
+def prepare_out_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """The export folder, created; an existing non-empty folder needs ``overwrite``."""
+    out = check_out_dir(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -129,15 +142,19 @@ def export_llama(run: str | Path, out: str | Path, *, overwrite: bool = False) -
     Returns:
         ``out``.
     """
-    from transformers import LlamaForCausalLM
-
-    from testtime.train.checkpoint import load_weights
-    from testtime.train.sample import load_trained, peek_model_name, resolve_checkpoint
+    from testtime.train.sample import peek_model_name
 
     name = peek_model_name(run)
     if name != "transformer":
         hint = " (use `testtime deepseek export`)" if name.startswith("deepseek") else ""
         raise UserError(f"{run} holds a {name!r} model; `lm export` writes Transformer++ runs{hint}")
+    check_out_dir(out, overwrite=overwrite)  # before the slow imports and the model
+
+    from transformers import LlamaForCausalLM
+
+    from testtime.train.checkpoint import load_weights
+    from testtime.train.sample import load_trained, resolve_checkpoint
+
     model, tok, saved = load_trained(run)
     hf_config = llama_config(model.config, vocab_size=tok.vocab_size, eot_id=tok.eot_id)
     out = prepare_out_dir(out, overwrite=overwrite)
