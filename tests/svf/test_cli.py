@@ -80,10 +80,15 @@ def test_eval_and_adapt(tiny_llama_dir, trained, tmp_path, capsys):
         ["svf", "eval", "arc-easy", "-e", "x", "--strategy", "magic"],
         ["svf", "eval", "arc-easy", "-e", "x", "--strategy", "few-shot", "--shots", "9", "--num", "5"],
         ["svf", "adapt", "hi", "-e", "missing.safetensors"],
+        ["svf", "train", "arc-easy", "-o", "{file}"],
+        ["svf", "eval", "arc-easy", "-e", "{expert}", "-o", "{file}"],
+        ["svf", "adapt", "hi", "-e", "{expert}", "--export", "{file}"],
     ],
 )
-def test_bad_values_are_one_line_exit_2(extra, tiny_llama_dir, capsys):
-    argv = [*extra]
+def test_bad_values_are_one_line_exit_2(extra, tiny_llama_dir, trained, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("keep me\n")
+    names = {"{file}": str(tmp_path / "a-file"), "{expert}": str(trained / "expert.safetensors")}
+    argv = [names.get(a, a) for a in extra]
     if "-m" not in argv:
         argv += ["-m", str(tiny_llama_dir)]
     code, _, err = _run(argv, capsys)
@@ -91,3 +96,14 @@ def test_bad_values_are_one_line_exit_2(extra, tiny_llama_dir, capsys):
     assert "Traceback" not in err
     # One message: "error: ..." from testtime, or typer's usage error naming the flag.
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1 or "Usage" in err, err
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+def test_expert_on_another_base_model_is_a_clear_error(trained, tmp_path, capsys):
+    from testtime.testing import save_tiny_llama
+
+    other = save_tiny_llama(tmp_path / "deeper", num_layers=3)
+    argv = ["svf", "adapt", "hi", "-e", str(trained / "expert.safetensors"), "-m", str(other)]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "trained on another base model" in err and "only applies to the exact model" in err, err

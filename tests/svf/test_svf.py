@@ -235,6 +235,10 @@ def test_expert_round_trip_and_wrong_base_refused(tiny_llama_dir, tmp_path):
         loaded.apply(SVF(other, SVFConfig(cache=False, parameterization="sigmoid")))
     with pytest.raises(UserError, match="matrices"):
         loaded.apply(SVF(model, SVFConfig(cache=False, parameterization="sigmoid", layers=(0,))))
+    # Another architecture (3 layers): the same targets select other matrices, named as another base model.
+    deeper = AutoModelForCausalLM.from_pretrained(save_tiny_llama(tmp_path / "deep", num_layers=3)).eval()
+    with pytest.raises(UserError, match="trained on another base model .*only applies to the exact model"):
+        loaded.apply(SVF(deeper, SVFConfig(cache=False, parameterization="sigmoid")))
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(UserError):
         load_expert(tmp_path / "junk.safetensors")

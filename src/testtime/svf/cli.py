@@ -86,6 +86,18 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *[line(r) for r in rows]])
 
 
+def _folder(path: str, flag: str) -> Path:
+    """Create an output folder, with a one-line error when it cannot be (a file is there, no permission)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {flag} folder {path}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _task(name: str) -> Any:
     from testtime.tasks import get_task
 
@@ -197,8 +209,7 @@ def register(app: typer.Typer) -> None:
             patience=patience,
             seed=seed,
         )
-        run_dir = Path(out or f"runs/svf/{task}-{method}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = _folder(out or f"runs/svf/{task}-{method}", "--out")
         base, tokenizer = _load(model, threads)
         if method == "lora":
             policy: Any = LoRAPolicy(base, tokenizer, num_threads=threads)
@@ -263,6 +274,8 @@ def register(app: typer.Typer) -> None:
         from testtime.svf.adapt import OTHER, classify_prompt
         from testtime.svf.experts import load_expert
 
+        if export and Path(export).exists() and not Path(export).is_dir():
+            raise UserError(f"--export {export} is a file, not a folder")
         experts = [load_expert(p) for p in expert]
         base, tokenizer = _load(model, threads)
         svf = _svf_for_expert(base, experts[0], progress=False)
@@ -284,7 +297,10 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"expert: {chosen.task if chosen else 'none (base model)'} ({how})")
         typer.echo(f"\n[base]\n{base_answer}\n\n[adapted]\n{adapted}")
         if export:
-            svf.export(export, tokenizer)
+            try:
+                svf.export(export, tokenizer)
+            except OSError as exc:
+                raise UserError(f"cannot write --export {export}: {exc.strerror or exc}") from None
             typer.echo(f"\nadapted model saved to {export} (load it with --model {export})")
 
     @svf_app.command("eval")
@@ -324,6 +340,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--shots ({shots}) must be smaller than --num ({num})")
         experts = [load_expert(p) for p in expert]
         classifier = load_expert(cls_expert) if cls_expert else None
+        run_dir = _folder(out, "--out")
         task_obj = _task(task)
         instances = task_obj.instances("test", seed=seed, n=num, **_knobs(knob))
         base, tokenizer = _load(model, threads)
@@ -344,8 +361,6 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             threads=threads,
         )
-        run_dir = Path(out)
-        run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / "metrics.jsonl").open("a") as handle:
             for row in rows:
                 handle.write(json.dumps({"task": task, **row}) + "\n")

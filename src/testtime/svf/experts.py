@@ -83,6 +83,16 @@ class Expert:
     def check_compatible(self, svf: SVF) -> None:
         """Raise a clear :class:`UserError` unless this expert fits ``svf``'s base model and targets."""
         if sorted(self.vectors) != sorted(svf.names):
+            same_layers = (None if self.layers is None else list(self.layers)) == (
+                None if svf.config.layers is None else list(svf.config.layers)
+            )
+            if list(self.targets) == list(svf.config.targets) and same_layers:
+                raise UserError(
+                    f"expert for task {self.task!r} was trained on another base model ({self.base_model!r}: "
+                    f"{len(self.vectors)} target matrices, weights hash {self.weights_hash}); this model has "
+                    f"{len(svf.names)} (weights hash {svf.weights_hash}): an SVF expert only applies to the "
+                    "exact model it was trained on"
+                )
             raise UserError(
                 f"expert for task {self.task!r} adapts {len(self.vectors)} matrices, this SVF {len(svf.names)}: "
                 f"use the same targets ({self.targets}) and layers ({self.layers or 'all'})"
