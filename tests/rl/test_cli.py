@@ -69,6 +69,20 @@ def test_stages_run_end_to_end(tmp_path, tiny_llama_dir):
     summary = last_json(grpo.output)
     assert summary["steps"] == 2
     assert (tmp_path / "grpo" / "policy" / "model.safetensors").is_file()
+    generated = CliRunner().invoke(  # a saved policy is an ordinary model folder for `testtime llm`
+        app,
+        [
+            "llm",
+            "generate",
+            "1+1=",
+            "--raw",
+            "--model",
+            str(tmp_path / "grpo" / "policy"),
+            "--max-tokens",
+            "3",
+        ],
+    )
+    assert generated.exit_code == 0, generated.output
     assert len((tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()) == 2
     evaluated = run(
         [

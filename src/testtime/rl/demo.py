@@ -112,7 +112,7 @@ def run(ctx: DemoContext) -> DemoSection:
             "The reward trained on is the tag-count shaping reward (0.25 per R1 tag used exactly once); the "
             "strict R1 format reward is logged beside it. What this short run can move is the *format* of the "
             "answers, not their correctness: no accuracy reward is used here, and a 135M model needs far "
-            "longer runs for that (see experiments/r1).",
+            "longer runs for that (see experiments/r1_grpo_addition/).",
             "",
             f"Mean tag-count reward over the first third of the steps: {first:.2f}; over the last third: {last:.2f} "
             "(sampled at temperature 1; a few steps are noisy).",
