@@ -90,3 +90,30 @@ def test_arithmetic_gold_and_wrong_answers() -> None:
         assert task.verify(instance, f"Step... so the result is {gold:,}").solved
         wrong = task.verify(instance, f"The answer is {gold + 1}.")
         assert not wrong.solved and "too high" in wrong.feedback
+
+
+def test_several_results_are_a_hedge_but_worked_results_are_not() -> None:
+    from testtime.tasks import get_task
+
+    task = get_task("arithmetic")
+    instance = task.instances(seed=0)[0]
+    expression, gold = instance.data["expression"], instance.data["answer"]
+    for answer in (
+        f"The answer is {gold}.",
+        f"The answer is {expression} = {gold}.",
+        f"The answer is {gold} ({expression} = {gold}).",
+    ):
+        assert task.verify(instance, answer).solved, answer
+    for answer in (
+        f"The answer is {gold - 1} or {gold}.",
+        f"The answer is {gold + 1}, {gold}",
+        f"\\boxed{{{gold} \\lor 0}}",
+    ):
+        verdict = task.verify(instance, answer)
+        assert verdict.score == 0.0 and "several results" in verdict.feedback, answer
+    countdown = get_task("countdown")
+    problem = countdown.instances(seed=0)[0]
+    expr = problem.reference.split("=")[0]
+    assert countdown.verify(problem, f"<answer>{expr} = {problem.data['target']}</answer>").solved
+    wrong = countdown.verify(problem, f"<answer>{expr} = {problem.data['target'] + 1}</answer>")
+    assert not wrong.solved and "states" in wrong.feedback

@@ -134,7 +134,7 @@ def test_register_a_user_task_class() -> None:
             return Verdict(score=float(ok), feedback="", solved=ok)
 
     register_task("echo-test", Echo)
-    assert "echo-test" in list_tasks()
+    assert "echo-test" in list_tasks() and "echo-test" not in list_tasks(include_user=False)
     task = get_task("echo-test")
     instance = task.instances(seed=0)[0]
     assert task.verify(instance, instance.data["word"]).solved

@@ -22,6 +22,8 @@ from testtime.tasks.parsing import after_answer_marker, extract_json, last_numbe
 from testtime.tasks.safe_math import ExpressionError, parse_expression
 from testtime.tasks.travelplanner import parse_plan
 
+BUILTIN = list_tasks(include_user=False)  # tests elsewhere register their own
+
 # Text that looks a little like answers: fragments of the formats mixed with arbitrary unicode.
 FRAGMENTS = [
     "SOLUTION:", "You travel to Nob Hill in 10 minutes and arrive at 9:10AM.", "You wait until 25:99PM.",
@@ -68,18 +70,18 @@ def _fuzz(name: str, examples: int) -> None:
     check()
 
 
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_task_verifies_any_text_in_bounded_time(name: str) -> None:
     _fuzz(name, 25)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_task_verifies_any_text_in_bounded_time_long(name: str) -> None:
     _fuzz(name, 400)
 
 
-@pytest.mark.parametrize("name", [n for n in list_tasks() if n != "humaneval"])
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "humaneval"])
 def test_fixed_hostile_inputs(name: str) -> None:
     task = get_task(name)
     instance = task.instances(seed=0)[0]

@@ -25,13 +25,38 @@ from fractions import Fraction
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict
-from testtime.tasks.parsing import after_answer_marker, excerpt, last_number, strip_thinking
+from testtime.tasks.parsing import after_answer_marker, excerpt, hedged, last_number, strip_thinking
 from testtime.tasks.safe_math import ExpressionError, Limits, normalize_operators, parse_expression
 
 __all__ = ["Arithmetic", "Countdown", "extract_expression", "solve_countdown"]
 
 COUNTDOWN_LIMITS = Limits(max_length=400, max_depth=16, max_nodes=120, max_digits=40)
 _EXPRESSION_RUN = re.compile(r"[0-9.+\-*/×÷−() ]+")
+
+
+def _marked(text: str) -> str:
+    """The marked answer of a Countdown answer (``<answer>``, "the answer is", ``\\boxed{}``, or the last
+    line), operators normalised."""
+    text = strip_thinking(text)
+    tagged = [t for t in re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL) if t.strip()]
+    return normalize_operators(tagged[-1] if tagged else after_answer_marker(text))
+
+
+def _false_claims(text: str, expr: str, value: Fraction) -> list[str]:
+    """The results a marked answer states after its expression (``= 575``) that differ from its value."""
+    sides = _marked(text).split("=")
+    after = next((i for i, side in enumerate(sides) if expr in side), len(sides))
+    problems = []
+    for side in sides[after + 1 :]:
+        try:
+            stated = parse_expression(side.strip(" .\n"), limits=COUNTDOWN_LIMITS).value
+        except ExpressionError:
+            continue  # words, not a result
+        if stated != value:
+            problems.append(
+                f"the answer states {excerpt(side.strip(), 40)!r} but the expression equals {excerpt(_show(value), 40)}"
+            )
+    return problems
 
 
 def extract_expression(text: str) -> str | None:
@@ -42,11 +67,7 @@ def extract_expression(text: str) -> str | None:
     ``"(25-5)*4"``); within it, the longest run of arithmetic characters, preferring runs with an operator.
     The result may still be invalid: :func:`parse_expression` decides.
     """
-    text = strip_thinking(text)
-    tagged = [t for t in re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL) if t.strip()]
-    candidate = tagged[-1] if tagged else after_answer_marker(text)
-    candidate = normalize_operators(candidate)
-    for side in candidate.split("="):
+    for side in _marked(text).split("="):
         runs = [r.strip(" .") for r in _EXPRESSION_RUN.findall(side) if re.search(r"\d", r)]
         with_operator = [r for r in runs if re.search(r"\d\s*\)*\s*[-+*/]", r)]
         if with_operator or runs:
@@ -180,6 +201,7 @@ class Countdown(Task):
                 problems.append(f"{number} is not one of the given numbers")
             elif times > available[number]:
                 problems.append(f"{number} is used {times} times but given {available[number]} time(s)")
+        problems += _false_claims(answer, expr, parsed.value)
         details: dict[str, Any] = {"expression": excerpt(expr, 200), "value": excerpt(str(parsed.value), 200)}
         if problems:
             return Verdict(score=0.0, solved=False, feedback="; ".join(problems) + ".", details=details)
@@ -237,9 +259,19 @@ class Arithmetic(Task):
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         gold = int(instance.data["answer"])
-        found = last_number(after_answer_marker(answer)) or last_number(answer)
+        segment = after_answer_marker(answer)
+        found = last_number(segment) or last_number(answer)
         if found is None:
             return Verdict(score=0.0, solved=False, feedback="No number found in the answer.")
+        several = hedged(segment)
+        if several is not None:
+            first, last = (excerpt(x, 30) for x in several)
+            return Verdict(
+                score=0.0,
+                solved=False,
+                feedback=f"The answer states several results ({first} ... {last}); give one number.",
+                details={"answer": excerpt(segment, 200)},
+            )
         try:
             value = Fraction(found)
         except (ValueError, ZeroDivisionError):

@@ -443,9 +443,10 @@ def register_task(name: str, factory: Callable[[], Task] | type[Task]) -> None:
     _USER[name] = factory
 
 
-def list_tasks() -> list[str]:
-    """Names of all registered tasks: the built-in ones in a fixed order, then the user's."""
-    return list(_BUILTIN) + sorted(_USER)
+def list_tasks(*, include_user: bool = True) -> list[str]:
+    """Names of all registered tasks: the built-in ones in a fixed order, then the user's (unless
+    ``include_user`` is False)."""
+    return list(_BUILTIN) + (sorted(_USER) if include_user else [])
 
 
 def get_task(name: str) -> Task:

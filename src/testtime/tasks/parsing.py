@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "after_answer_marker",
     "excerpt",
     "extract_json",
+    "hedged",
     "last_number",
     "normalize_digits",
     "parse_clock",
@@ -113,6 +115,31 @@ def last_number(text: str) -> str | None:
     if not found:
         return None
     return found[-1].replace(",", "").rstrip(".")
+
+
+def _value(number: str) -> object:
+    try:
+        return Fraction(number.replace(",", "").rstrip("."))
+    except (ValueError, ZeroDivisionError):
+        return number
+
+
+_FRACTION = re.compile(r"\s*-?\s*(?:\\[dt]?frac\{[^{}]*\}\{[^{}]*\}|[\d,.]+\s*/\s*[\d,.]+)\s*\.?\s*")
+_RESULT_AT_END = re.compile(r"=\s*(-?\d[\d,]*(?:\.\d+)?)[^\w=]*$")
+
+
+def hedged(segment: str) -> tuple[str, str] | None:
+    """The first and last numbers of a final-answer segment when they differ ("436 or 437", "15, 16",
+    ``15 \\lor 16``): an answer that states several results. None when they agree or the segment ends in
+    a worked result ("598 + 100 - 261 = 437.", whose last number is what it states)."""
+    found = _NUMBER.findall(segment[-10_000:])
+    if len(found) < 2 or _value(found[0]) == _value(found[-1]):
+        return None
+    if _RESULT_AT_END.search(segment[-200:]):
+        return None
+    if len(found) == 2 and _FRACTION.fullmatch(segment):  # one number written as a fraction
+        return None
+    return found[0].replace(",", "").rstrip("."), found[-1].replace(",", "").rstrip(".")
 
 
 def parse_clock(text: Any) -> int | None:
