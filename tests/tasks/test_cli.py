@@ -141,3 +141,27 @@ def test_audit_errors_are_one_line(
         path.write_text(content)
     result = CliRunner().invoke(app, ["tasks", "audit", str(path)])
     assert isinstance(result.exception, UserError) and message in str(result.exception)
+
+
+def test_hostile_files_are_one_line_errors_or_warnings(app: typer.Typer, tmp_path: Path) -> None:
+    """Endless or binary files, a malformed instance: one line each, never a traceback or a memory error."""
+    runner = CliRunner()
+    if Path("/dev/zero").exists():
+        for args in (["tasks", "audit", "/dev/zero"], ["tasks", "check", "countdown", "-a", "/dev/zero"]):
+            result = runner.invoke(app, args)
+            assert isinstance(result.exception, UserError) and "longer than" in str(result.exception), args
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 10)
+    result = runner.invoke(app, ["tasks", "check", "countdown", "-a", str(binary)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["score"] == 0.0
+    assert isinstance(runner.invoke(app, ["tasks", "audit", str(binary)]).exception, UserError)
+    path = tmp_path / "completions.jsonl"
+    path.write_text(
+        '{"instance": {"task": "countdown", "id": "x", "data": "not a dict"}, "completion": "1"}\n'
+    )
+    result = runner.invoke(app, ["tasks", "audit", str(path)])
+    assert result.exit_code == 0 and "1 completions, 0 scored" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warning) == 1 and warning[0].startswith(f"warning: {path}:1: countdown: the verifier failed")
+    result = runner.invoke(app, ["tasks", "audit", str(path), "--min-score", "nan"])
+    assert isinstance(result.exception, UserError)

@@ -4,6 +4,7 @@ read the completions a run rewarded."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,6 +24,27 @@ _DIFFICULTY_HELP = (
     "A difficulty knob as KEY=VALUE (repeatable), e.g. --difficulty num_people=6; see `tasks list`."
 )
 _SPLIT_HELP = "The split (default: the task's first split; see `tasks list`)."
+_MAX_BYTES = 64 << 20  # an answer file, or one line of a completions file (verifiers read at most 1 MB)
+
+
+def _read_bounded(handle, what: str) -> str:  # noqa: ANN001
+    """At most ``_MAX_BYTES`` bytes of a binary stream as text; longer (``/dev/zero``) is an error."""
+    data = handle.read(_MAX_BYTES + 1)
+    if len(data) > _MAX_BYTES:
+        raise UserError(f"{what} is longer than {_MAX_BYTES >> 20} MB")
+    return data.decode("utf-8", errors="replace")
+
+
+def _verify_quietly(task, instance, text: str, where: str):  # noqa: ANN001, ANN202
+    """A verdict; a verifier's warning (a malformed instance) becomes one line on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        verdict = task.verify(instance, text)
+    for warning in caught:
+        typer.echo(f"warning: {where}: {str(warning.message).splitlines()[0][:300]}", err=True)
+    return verdict
 
 
 def _parse_difficulty(items: list[str] | None) -> dict[str, int]:
@@ -98,14 +120,15 @@ def check_command(
 ) -> None:
     """Verify an answer to one instance; prints one JSON object with score, solved and feedback."""
     if str(answer_file) == "-":
-        answer = sys.stdin.read()
+        answer = _read_bounded(sys.stdin.buffer, "the answer on stdin")
     else:
         try:
-            answer = answer_file.read_text(encoding="utf-8", errors="replace")
+            with answer_file.open("rb") as handle:
+                answer = _read_bounded(handle, f"the answer file {answer_file}")
         except OSError as exc:
             raise UserError(f"cannot read the answer file {answer_file}: {exc.strerror}") from None
     task_obj, instance = _one_instance(task, seed, split, difficulty)
-    verdict = task_obj.verify(instance, answer)
+    verdict = _verify_quietly(task_obj, instance, answer, str(answer_file))
     typer.echo(json.dumps({"task": task, "id": instance.id, **verdict.to_dict()}, ensure_ascii=False))
 
 
@@ -116,12 +139,26 @@ def _audit_rows(path: Path):  # noqa: ANN202  (yields (line number, task, instan
     from testtime.tasks.base import Instance, completion_text, get_task
 
     try:
-        handle = path.open(encoding="utf-8", errors="replace")
+        handle = path.open("rb")
+        first = handle.readline(_MAX_BYTES + 1)
     except OSError as exc:
         raise UserError(f"cannot read the completions file {path}: {exc.strerror}") from None
     tasks: dict[str, object] = {}
+
+    def lines():  # noqa: ANN202
+        line = first
+        while line:
+            if len(line) > _MAX_BYTES:
+                raise UserError(f"{path}:{number + 1}: a line longer than {_MAX_BYTES >> 20} MB")
+            yield line.decode("utf-8", errors="replace")
+            try:
+                line = handle.readline(_MAX_BYTES + 1)
+            except OSError as exc:
+                raise UserError(f"cannot read the completions file {path}: {exc.strerror}") from None
+
+    number = 0
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in enumerate(lines(), 1):
             if not line.strip():
                 continue
             try:
@@ -166,10 +203,12 @@ def audit_command(
 
     if chars < 20:
         raise UserError(f"--chars must be at least 20, got {chars}")
+    if not math.isfinite(min_score):
+        raise UserError(f"--min-score must be a finite number, got {min_score}")
     total = rewarded = solved = 0
     for number, task, instance, text in _audit_rows(completions):
         total += 1
-        verdict = task.verify(instance, text)  # type: ignore[attr-defined]
+        verdict = _verify_quietly(task, instance, text, f"{completions}:{number}")
         solved += verdict.solved
         if verdict.score <= min_score:
             continue
