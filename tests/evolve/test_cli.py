@@ -73,6 +73,11 @@ def test_compare_prints_a_table_and_plots(tmp_path):
         (["--task", "countdown", "--price-input", "-1"], "price"),
         (["--task", "countdown", "--backend", "openai"], "--model"),
         (["--task", "countdown", "--threads", "0"], "--threads"),
+        (["--task", "countdown", "-t", "nan"], "--temperature"),
+        (["--task", "countdown", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--task", "countdown", "--price-output", "inf"], "price_output"),
+        (["--task", "countdown", "--price-input", "nan"], "price_input"),
+        (["--task", "countdown", "--set", "selection_temperature=inf"], "selection_temperature"),
     ],
 )
 def test_bad_values_are_user_errors(tmp_path, args, words):
@@ -90,6 +95,10 @@ def test_compare_bad_values(tmp_path):
         (["--max-calls", "0"], "--max-calls"),
         (["--num-instances", "0"], "--num-instances"),
         (["--parallel-runs", "0"], "--parallel-runs"),
+        (["--methods", ",,"], "at least one method"),
+        (["--methods", "one-pass,one-pass"], "twice"),
+        (["--seeds", "0,0"], "twice"),
+        (["--num-instances", "100000000"], "at most"),
     ):
         base = [
             "compare",
@@ -118,3 +127,79 @@ def test_exit_status_2_through_the_real_entry_point():
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--backend" in result.stderr
+
+
+def test_an_unusable_run_folder_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for command in ("run", "compare"):
+        result = _invoke(
+            command,
+            "--task",
+            "countdown",
+            "--backend",
+            "fake",
+            "--max-calls",
+            "2",
+            "-o",
+            str(blocker / "sub"),
+        )
+        assert isinstance(result.exception, UserError) and "run folder" in str(result.exception)
+    (tmp_path / "dir" / "log.jsonl").mkdir(parents=True)
+    result = _invoke("run", "--task", "countdown", "--backend", "fake", "-o", str(tmp_path / "dir"))
+    assert isinstance(result.exception, UserError) and "not a file" in str(result.exception)
+
+
+def _logged_run(folder) -> list[str]:
+    args = ["run", "--task", "countdown", "--backend", "fake", "--preset", "tiny", "--max-calls", "6"]
+    result = _invoke(*args, "-o", str(folder), "--no-progress")
+    assert result.exit_code == 0, result.output
+    return args
+
+
+def test_a_damaged_log_is_refused_and_left_unchanged(tmp_path):
+    args = _logged_run(tmp_path)
+    log = tmp_path / "log.jsonl"
+    lines = log.read_text().splitlines()
+    for damage, words in (
+        ("garbage{", "line 3 is not a JSON record"),
+        (lines[2].replace('"score": ', '"score": "high", "x": '), "score"),
+        (lines[2].replace('"attempts": 1', '"attempts": 0'), "attempts"),
+        ('{"kind": "candidate"}', "no candidate id"),
+        ('{"kind": "header"}', "second header"),
+        ("[1, 2]", "not a JSON object"),
+    ):
+        text = "\n".join([*lines[:2], damage, *lines[3:]]) + "\n"
+        log.write_text(text)
+        for command in ([*args, "-o", str(tmp_path), "--no-progress"], ["lineage", str(log)]):
+            result = _invoke(*command)
+            assert isinstance(result.exception, UserError), (damage, result.output)
+            assert words in str(result.exception) and "\n" not in str(result.exception)
+        assert log.read_text() == text  # nothing lost
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "log.jsonl").write_text("my notes, not a log")
+    result = _invoke(*args, "-o", str(tmp_path / "other"))
+    assert isinstance(result.exception, UserError) and "not a run log" in str(result.exception)
+    assert (tmp_path / "other" / "log.jsonl").read_text() == "my notes, not a log"
+
+
+def test_a_truncated_log_resumes_and_keeps_the_cut_bytes(tmp_path):
+    args = _logged_run(tmp_path / "whole")
+    whole = (tmp_path / "whole" / "log.jsonl").read_text()
+    log = tmp_path / "cut" / "log.jsonl"
+    log.parent.mkdir()
+    cut = whole[: len(whole) - 50]  # the last record cut short by a kill
+    log.write_text(cut)
+    result = _invoke(*args, "-o", str(log.parent), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[1])["cached_calls"] == 5  # the cut call is asked again
+    side = (tmp_path / "cut" / "log.jsonl.cut").read_text()
+    assert side.strip() == cut[cut.rstrip("\n").rfind("\n") + 1 :].strip()  # the partial line, kept aside
+    from testtime.evolve.log import canonical, read_log
+
+    assert canonical(read_log(log)) == canonical(read_log(tmp_path / "whole" / "log.jsonl"))
+    # a whole last record without its newline: the next record starts on a new line
+    log.write_text(whole.rstrip("\n"))
+    again = _invoke(*args[:-1], "8", "-o", str(log.parent), "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert len(read_log(log)) == 1 + 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ def _config(preset: str, settings: list[str] | None) -> Any:
 def _params(max_new_tokens: int, temperature: float, top_p: float) -> Any:
     from testtime.llm.protocol import SamplingParams
 
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"--temperature must be a finite number >= 0, got {temperature}")
     try:
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
     except ValueError as exc:
@@ -116,11 +121,29 @@ def _budget(max_calls: int | None, max_total_tokens: int | None, price_in: float
     )
 
 
+_MAX_INSTANCES = 10_000
+
+
+def _out_dir(out: Path) -> Path:
+    """Create the run folder, or a one-line error when it cannot be (a file in the way, no permission)."""
+    import os
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"the run folder {out} is not writable")
+    return out
+
+
 def _instances(task_name: str, split: str | None, seed: int, n: int, difficulty: list[str] | None) -> Any:
     from testtime.tasks import get_task
 
     if n < 1:
         raise UserError(f"--num-instances must be >= 1, got {n}")
+    if n > _MAX_INSTANCES:
+        raise UserError(f"--num-instances is at most {_MAX_INSTANCES}, got {n}")
     task = get_task(task_name)
     instances = task.instances(split, seed=seed, n=n, **_difficulty(difficulty))
     if not instances:
@@ -191,9 +214,11 @@ def run_command(
     budget = _budget(max_calls, max_total_tokens, price_input, price_output)
     search = make_method(method, calls=max_calls, config=config)
     task, (instance,) = _instances(task_name, split, seed, 1, difficulty)
-    llm = make_llm(backend, model, base_url=base_url, threads=threads, concurrency=concurrency)
-    out.mkdir(parents=True, exist_ok=True)
+    _out_dir(out)
     log_path = out / "log.jsonl"
+    if log_path.exists() and not log_path.is_file():
+        raise UserError(f"{log_path} is not a file")
+    llm = make_llm(backend, model, base_url=base_url, threads=threads, concurrency=concurrency)
     if log_path.exists():
         typer.echo(f"resuming from {log_path}")
     bar = None
@@ -276,6 +301,10 @@ def compare_command(
     from testtime.evolve.compare import plot_success, run_comparison, summarize, table, write_rows
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise UserError("--methods needs at least one method")
+    if len(set(names)) < len(names):
+        raise UserError(f"--methods names a method twice: {methods!r}")
     for name in names:
         if name.partition(":")[0] not in (*METHODS, "sequential-revision"):
             raise UserError(f"unknown method {name!r}; methods: {', '.join(METHODS)}")
@@ -285,6 +314,8 @@ def compare_command(
         raise UserError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError("--seeds needs at least one seed")
+    if len(set(seed_list)) < len(seed_list):
+        raise UserError(f"--seeds names a seed twice (runs would be counted twice): {seeds!r}")
     if max_calls < 1:
         raise UserError(f"--max-calls must be >= 1, got {max_calls}")
     if parallel_runs < 1:
@@ -297,6 +328,7 @@ def compare_command(
 
         make_method(name, calls=max_calls, config=config)
     task, instances = _instances(task_name, split, instance_seed, num_instances, difficulty)
+    _out_dir(out)
     llm = make_llm(backend, model, base_url=base_url, threads=threads, concurrency=concurrency)
     bar = None
     if not no_progress:

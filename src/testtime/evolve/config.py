@@ -114,8 +114,8 @@ class EvolveConfig:
             )
         if not 0.0 <= self.prob_no_parents <= 1.0:
             raise UserError(f"prob_no_parents must be in [0, 1], got {self.prob_no_parents}")
-        if not self.selection_temperature > 0:
-            raise UserError(f"selection_temperature must be > 0, got {self.selection_temperature}")
+        if not 0 < self.selection_temperature < float("inf"):
+            raise UserError(f"selection_temperature must be finite and > 0, got {self.selection_temperature}")
         if self.parent_count not in ("uniform", "max"):
             raise UserError(f"parent_count must be 'uniform' or 'max', got {self.parent_count!r}")
         if self.island_start not in ("fresh", "migrants"):

@@ -16,6 +16,7 @@ a little early when the bound is loose.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -89,8 +90,10 @@ class Budget:
             raise UserError(f"the call budget must be >= 1, got {self.max_calls}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UserError(f"the token budget must be >= 1, got {self.max_tokens}")
-        if self.price_input < 0 or self.price_output < 0:
-            raise UserError("prices per token must be >= 0")
+        for name in ("price_input", "price_output"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"{name} (price per token) must be a finite number >= 0, got {value}")
 
 
 @dataclass(kw_only=True)

@@ -11,12 +11,15 @@ deterministic order: records are appended in completion order (concurrent calls 
 
 Resume: a run given an existing log reads it, checks that the header matches, and answers every call whose
 ``id`` is in the log from the log (the run's random choices are seeded per generation and island, so they
-replay identically); a line cut short by a kill is dropped. Each line is flushed and fsynced as written.
+replay identically); a line cut short by a kill is moved to ``<log>.cut`` and dropped (its call is asked
+again). A damaged line elsewhere, or a malformed record, stops the resume with a one-line error and leaves the
+file unchanged. Each line is flushed and fsynced as written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -31,16 +34,56 @@ __all__ = ["RunLog", "canonical", "lineage", "render_lineage", "read_log"]
 _HEADER_KEYS = ("method", "settings", "seed", "problem", "sampling")
 
 
-def read_log(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
-    """The records of a log; a last line cut short (a killed run) is dropped, and removed from the file when
-    ``repair``.
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one decoded log line (None: a well-formed record)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    kind = record.get("kind")
+    if kind == "header":
+        return None
+    if kind not in ("candidate", "select"):
+        return f"unknown record kind {kind!r}"
+    if not isinstance(record.get("id"), str) or not record["id"]:
+        return "no candidate id"
 
-    Raises:
-        UserError: a line other than the last is not JSON.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not is_int(record.get("seq")) or record["seq"] < 0:
+        return "seq is not an integer >= 0"
+    if not is_int(record.get("attempts", 1)) or record.get("attempts", 1) < 1:
+        return "attempts is not an integer >= 1"
+    for key in ("input_tokens", "output_tokens"):
+        if not is_int(record.get(key, 0)) or record.get(key, 0) < 0:
+            return f"{key} is not an integer >= 0"
+    for key in ("island", "generation", "conversation", "turn"):
+        if record.get(key) is not None and not is_int(record[key]):
+            return f"{key} is not an integer"
+    for key in ("score", "start", "end"):
+        value = record.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{key} is not a finite number"
+    if not isinstance(record.get("solved", False), bool):
+        return "solved is not true or false"
+    for key in ("text", "answer", "feedback"):
+        if not isinstance(record.get(key, ""), str):
+            return f"{key} is not a string"
+    if record.get("error") is not None and not isinstance(record["error"], str):
+        return "error is not a string"
+    parents = record.get("parents", [])
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        return "parents is not a list of ids"
+    prompt = record.get("prompt", [])
+    if not isinstance(prompt, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in prompt
+    ):
+        return "prompt is not a list of chat messages"
+    return None
+
+
+def _read(path: Path) -> tuple[list[dict[str, Any]], int, bytes]:
+    """(records, bytes of the good prefix, the whole file); a last line cut short is left out of both."""
     raw = path.read_bytes()
     lines = raw.split(b"\n")
     records: list[dict[str, Any]] = []
@@ -51,18 +94,53 @@ def read_log(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
         except ValueError:
             if number == len(lines):  # the last line, written in part when the run was killed
                 break
-            raise UserError(f"{path}: line {number} is not a JSON record; the log is damaged") from None
+            raise UserError(
+                f"{path}: line {number} is not a JSON record; the log is damaged (it was left unchanged: "
+                "fix or delete that line to resume, or use another --out folder)"
+            ) from None
+        problem = _record_problem(record)
+        if problem is None and record.get("kind") == "header" and records:
+            problem = "a second header"
+        if problem is not None:
+            raise UserError(
+                f"{path}: line {number}: {problem}; the log is damaged (it was left unchanged: fix or delete "
+                "that line to resume, or use another --out folder)"
+            )
         records.append(record)
         good_bytes += len(line) + 1
+    return records, min(good_bytes, len(raw)), raw
+
+
+def read_log(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a log; a last line cut short (a killed run) is dropped, and, when ``repair``, moved
+    from the file to ``<log>.cut`` (appended there, so nothing written is ever lost).
+
+    Raises:
+        UserError: a line other than the last is not JSON, or a record is malformed (wrong field types).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    records, good_bytes, raw = _read(path)
     if repair and good_bytes < len(raw):
-        with open(path, "r+b") as handle:
-            handle.truncate(min(good_bytes, len(raw)))
+        _cut_tail(path, good_bytes, raw)
     return records
+
+
+def _cut_tail(path: Path, good_bytes: int, raw: bytes) -> None:
+    """Move the bytes after ``good_bytes`` (a line cut short by a kill) to ``<log>.cut``, then truncate."""
+    side = path.with_name(path.name + ".cut")
+    with open(side, "ab") as handle:
+        handle.write(raw[good_bytes:] + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    with open(path, "r+b") as handle:
+        handle.truncate(good_bytes)
 
 
 class RunLog:
@@ -81,15 +159,24 @@ class RunLog:
         self._lock = threading.Lock()
         header = {"kind": "header", **header}
         if self.path is not None and self.path.exists() and self.path.stat().st_size > 0:
-            old = read_log(self.path, repair=True)
+            if not self.path.is_file():
+                raise UserError(f"{self.path} is not a file")
+            old, good_bytes, raw = _read(self.path)
             if not old or old[0].get("kind") != "header":
-                raise UserError(f"{self.path} is not a run log (no header); use another --out folder")
+                raise UserError(
+                    f"{self.path} is not a run log (no header; it was left unchanged); use another --out folder"
+                )
             for key in _HEADER_KEYS:
                 if json.dumps(old[0].get(key), sort_keys=True) != json.dumps(header.get(key), sort_keys=True):
                     raise UserError(
                         f"{self.path} belongs to a different run ({key} differs); use another --out folder "
                         "or the same settings to resume"
                     )
+            if good_bytes < len(raw):  # a line cut short by a kill: kept aside in <log>.cut, then dropped
+                _cut_tail(self.path, good_bytes, raw)
+            elif not raw.endswith(b"\n"):  # a whole last record without its newline: end the line first
+                with open(self.path, "ab") as handle:
+                    handle.write(b"\n")
             self.records = old
             self.cached = {r["id"]: r for r in old[1:] if "id" in r}
         else:
