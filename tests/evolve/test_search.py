@@ -414,3 +414,45 @@ def test_deduplicate_keeps_one_copy_of_an_answer_in_an_island():
         SeededFake(fixed="PROPOSED SOLUTION: 3"), "guess", guess_evaluator(), params=PARAMS
     )
     assert all(len(c.parents) == 2 for c in plain.candidates if c.generation == 2 and c.turn == 0)
+
+
+def test_a_slow_verifier_runs_off_the_event_loop():
+    """While a (blocking) verifier works, the event loop keeps running: a coroutine beside the search gets
+    to run during every verification, and the verifications of one turn overlap."""
+    import threading
+
+    verifying, loop_ran = threading.Event(), threading.Event()
+    blocked, overlap, active = [], [], [0]
+    lock = threading.Lock()
+
+    def slow(answer):
+        with lock:
+            active[0] += 1
+            overlap.append(active[0])
+        verifying.set()
+        if not loop_ran.wait(timeout=10):  # only the event loop's ticker sets it
+            blocked.append(answer)
+        threading.Event().wait(0.05)
+        with lock:
+            active[0] -= 1
+        return guess_evaluator()(answer)
+
+    async def main():
+        done = asyncio.Event()
+
+        async def ticker():
+            while not done.is_set():
+                if verifying.is_set():
+                    loop_ran.set()
+                await asyncio.sleep(0.001)
+
+        tick = asyncio.create_task(ticker())
+        config = EvolveConfig.tiny(early_stop=False, num_generations=1, num_islands=1, num_conversations=4)
+        result = await MindEvolution(config).arun(SeededFake(), "guess", slow, params=PARAMS, seed=3)
+        done.set()
+        await tick
+        return result
+
+    result = asyncio.run(main())
+    assert not blocked and len(result.candidates) == 8
+    assert max(overlap) > 1  # the 4 conversations' verifications of a turn run at the same time
