@@ -225,3 +225,28 @@ def test_signal_handlers_and_replaced_output_files_never_pass() -> None:
             assert time.perf_counter() - start < 10, label
             assert result.status != "passed" and not result.completed, label
             assert "root:" not in result.stderr, label
+
+
+@pytest.mark.parametrize(("isolation", "hook"), _modes())
+def test_no_host_unix_socket(isolation: str, hook: bool) -> None:
+    """A Unix socket on the host (a daemon's, outside /tmp) never receives a connection."""
+    base = Path("/var/tmp")
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        pytest.skip("needs a writable /var/tmp")
+    path = base / f"testtime-{uuid.uuid4().hex[:8]}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    path.chmod(0o777)
+    server.listen(1)
+    server.settimeout(0.2)
+    try:
+        program = (
+            f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(path)!r})\ns.sendall(b'x')\n"
+        )
+        result = run_python(program, isolation=isolation, audit_hook=hook, **LIMITS)
+        with pytest.raises(OSError):
+            server.accept()
+        assert result.status == "failed"
+    finally:
+        server.close()
+        path.unlink()

@@ -9,7 +9,8 @@ Two layers, the kernel's first (also in docs/tasks.md):
    ``/tmp/sandbox``). The network namespace has only a loopback device (no network). A seccomp filter
    (x86-64 and aarch64) refuses ``fork``, ``vfork``, ``clone3`` and every ``clone`` that does not create a
    thread, so no new process can start, whatever the code does (``ctypes``, a C extension, a patched
-   interpreter). ``--die-with-parent`` and the PID namespace end everything when the run ends.
+   interpreter), and ``socket`` and ``io_uring_setup``: a host's Unix sockets (``/run/docker.sock``) stay
+   visible through the read-only bind, and connecting to one needs no write permission. ``--die-with-parent`` and the PID namespace end everything when the run ends.
 2. **Inside the interpreter** (both modes): ``resource`` limits on CPU seconds, address space, file size
    (which also caps stdout and stderr, written to files) and processes, and a PEP 578 audit hook installed
    before the untrusted code runs. The hook refuses sockets, process creation, signals, ``ctypes``, writes
@@ -329,17 +330,21 @@ _RET_EPERM, _RET_ENOSYS = 0x00050000 | 1, 0x00050000 | 38
 
 
 def seccomp_filter(machine: str | None = None) -> bytes | None:
-    """A classic-BPF seccomp program refusing new processes (threads stay allowed), or None on other CPUs.
+    """A classic-BPF seccomp program refusing new processes (threads stay allowed) and sockets, or None on
+    other CPUs.
 
-    ``fork`` / ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with EPERM; ``clone3`` fails with
+    ``fork`` / ``vfork``, ``socket``, ``io_uring_setup`` and ``clone`` without ``CLONE_THREAD`` fail with
+    EPERM; ``clone3`` fails with
     ENOSYS (its flags sit behind a pointer a filter cannot read; the C library then falls back to
     ``clone``); another architecture's system calls (x32 on x86-64) kill the process.
     """
     machine = (machine or platform.machine()).lower()
+    # refused with EPERM: fork and vfork (x86-64 only), socket (a host's Unix sockets, /run/docker.sock or
+    # /run/postgresql/..., stay reachable through the read-only bind), io_uring_setup (it can open sockets)
     if machine in ("x86_64", "amd64"):
-        arch, forks, clone, clone3, x32 = 0xC000003E, (57, 58), 56, 435, True
+        arch, forks, clone, clone3, x32 = 0xC000003E, (57, 58, 41, 425), 56, 435, True
     elif machine in ("aarch64", "arm64"):
-        arch, forks, clone, clone3, x32 = 0xC00000B7, (), 220, 435, False
+        arch, forks, clone, clone3, x32 = 0xC00000B7, (198, 425), 220, 435, False
     else:
         return None
     # (code, jump_if_true_label, jump_if_false_label, k); labels are resolved to relative offsets below.
