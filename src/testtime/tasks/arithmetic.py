@@ -12,7 +12,11 @@ Choices the sources leave open (also in docs/fidelity/tasks.md):
   target gets ``0.1 + 0.4 * closeness`` with ``closeness = max(0, 1 - |value - target| / target)``; an
   illegal or unparsable answer 0.0. TinyZero gives 0.1 for format and 1.0 for correct; the graded middle
   gives search (Mind Evolution) a slope.
-- Arithmetic score: 1.0 or 0.0; the feedback says whether the answer is too high or too low.
+- Arithmetic score: 1.0 or 0.0; the feedback says whether the answer is too high or too low. A final
+  answer whose first and last numbers differ ("436 or 437") is a hedge and scores 0, unless it ends in a
+  worked result ("= 437") or is one fraction (:func:`testtime.tasks.parsing.hedged`).
+- Countdown: a result the answer states after its expression (``<answer>96*6 = 575</answer>``) must equal
+  the expression's value.
 """
 
 from __future__ import annotations

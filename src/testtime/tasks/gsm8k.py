@@ -5,6 +5,8 @@ both), so RL can train on train and report on test. The gold answer is the numbe
 (``\\boxed{}``, "the answer is", or the last number) from the last 4,000 characters of its text; if
 math-verify is not installed or finds nothing, the last number in the text is compared exactly. math-verify's
 signal-based timeouts only work in the main thread, so they are switched off elsewhere (RL workers).
+Departure: math-verify accepts "16 or 15" or ``\\boxed{15 \\lor 16}`` when either number matches; here a
+final answer whose first and last numbers differ scores 0 (:func:`testtime.tasks.parsing.hedged`).
 """
 
 from __future__ import annotations
