@@ -153,6 +153,10 @@ def test_harness_patching_never_passes() -> None:
         ),
         "fake token": "import os, sys\nos.write(int(sys.argv[1]), b'0' * 48)\nos._exit(0)\n",
         "guard globals": "import __main__\n__main__._main\n",
+        "a thread left running (it could patch again what the harness restores)": (
+            "import builtins, threading\ndef spin():\n    while True:\n        builtins.AssertionError = None\n"
+            "threading.Thread(target=spin, daemon=True).start()\ndef f(x):\n    return 4\n"
+        ),
     }
     for label, source in hacks.items():
         result = run_tests(source, tests, "f", **LIMITS)

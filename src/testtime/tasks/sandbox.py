@@ -37,7 +37,8 @@ wrapped so that a call whose result is not plain data (``int``, ``str``, ``list`
 subclasses) fails: an object whose ``__eq__`` is always true cannot pass. Every module loaded before the
 program (the tests' ``math``, ``random``, ``copy``, ``string`` among them), the classes they define and
 their module-level objects (``random._inst``) are put back as they were after the program and after each
-call of the function (an identity check of every saved value, about 1 ms, then a repair of what changed),
+call of the function (an identity check of every saved value, about 1 ms, then a repair of what changed;
+a thread still running then fails the run, since it could patch again what was put back),
 and the hook refuses assigning ``__code__``, ``__defaults__``, ``__class__`` or ``__bases__``. Signal
 handlers (which receive frames) cannot be set: ``signal`` and ``_signal`` cannot be imported.
 
@@ -225,7 +226,11 @@ def _main():
                 return False
         return True
 
+    from _thread import _count as running_threads
+
     def restore():
+        if running_threads():  # a thread could patch again what was just put back
+            raise RuntimeError("sandbox: the solution left threads running")
         if unchanged():
             return
         for mapping, owner, keys, values in watched:
