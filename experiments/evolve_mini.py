@@ -39,6 +39,52 @@ def parse_tasks(text: str) -> list[tuple[str, dict[str, int]]]:
     return out
 
 
+def candidate_stats(task_dir: Path) -> str:
+    """Per method, over every logged candidate of a task (read back from OUT/<task>/logs): how many, how many
+    solved, the mean score, how many answers carry the author's marker (RCC prompts ask for it) and how many
+    hit the token limit. Candidate-level rates say more than run-level success when runs are few."""
+    from testtime.evolve.log import read_log
+
+    lines = [
+        "| method | candidates | solved candidates | mean score | with marker | at the token limit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for folder in sorted(p for p in (task_dir / "logs").iterdir() if p.is_dir()):
+        records, limit = [], None
+        for log in sorted(folder.glob("*.jsonl")):
+            rows = read_log(log)
+            limit = rows[0]["sampling"]["max_tokens"] if rows else limit
+            records += [r for r in rows[1:] if r.get("kind") == "candidate"]
+        if not records:
+            continue
+        n = len(records)
+        solved = sum(bool(r["solved"]) for r in records)
+        score = sum(float(r["score"]) for r in records) / n
+        marker = sum("PROPOSED SOLUTION:" in r.get("text", "") for r in records)
+        capped = sum(r.get("output_tokens", 0) >= (limit or 1 << 30) for r in records)
+        lines.append(
+            f"| {folder.name} | {n} | {solved} ({solved / n:.1%}) | {score:.3f} | {marker / n:.0%} | "
+            f"{capped / n:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(out: Path, name: str, rows: list[dict], calls: int) -> str:
+    """OUT/<name>.md (the success and cost table, then every candidate's statistics) and OUT/<name>.png
+    (success against budget) for one task's rows; returns the markdown."""
+    from testtime.evolve.compare import plot_success, summarize, table
+
+    knobs = rows[0].get("knobs", {})
+    instances = len({r["instance"] for r in rows})
+    seeds = len({r["seed"] for r in rows})
+    knob_text = ", ".join(f"{k}={v}" for k, v in knobs.items())
+    title = f"{name} ({knob_text}), {instances} instances x {seeds} seeds, {calls} calls"
+    text = f"{title}\n\n{table(summarize(rows))}\n\nEvery candidate:\n\n{candidate_stats(out / name)}"
+    (out / f"{name}.md").write_text(text + "\n")
+    plot_success(rows, out / f"{name}.png", calls=calls, title=title)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="local", choices=["local", "openai"])
@@ -57,10 +103,22 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--parallel-runs", type=int, default=8, help="runs searched at once")
     parser.add_argument("--out", default="experiments/evolve_mini")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild OUT/<task>.md and .png from OUT/runs.jsonl and the logs (no model)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        rows = [json.loads(line) for line in (Path(args.out) / "runs.jsonl").read_text().splitlines()]
+        for name, _ in parse_tasks(args.tasks):
+            mine = [r for r in rows if r["task"] == name]
+            if mine:
+                print(write_report(Path(args.out), name, mine, args.max_calls))
+        return
 
     from testtime.evolve.cli import make_llm
-    from testtime.evolve.compare import plot_success, run_comparison, summarize, table
+    from testtime.evolve.compare import run_comparison
     from testtime.evolve.config import EvolveConfig
     from testtime.llm.protocol import SamplingParams
     from testtime.tasks import get_task
@@ -102,25 +160,20 @@ def main() -> None:
         for row in rows:
             row.update(task=name, knobs=knobs)
         all_rows += rows
-        text = table(summarize(rows))
-        knob_text = ", ".join(f"{k}={v}" for k, v in knobs.items())
-        title = (
-            f"{name} ({knob_text}), {len(instances)} instances x {len(seeds)} seeds, {args.max_calls} calls"
-        )
-        (out / f"{name}.md").write_text(f"{title}\n\n{text}\n")
-        plot_success(rows, out / f"{name}.png", calls=args.max_calls, title=title)
+        text = write_report(out, name, rows, args.max_calls)
         minutes = (time.perf_counter() - start) / 60
-        sections.append(f"### {title}\n\n{text}\n\n({minutes:.0f} min)\n")
-        print(f"\n{title}\n{text}\n", flush=True)
-    with open(out / "runs.jsonl", "w") as handle:
-        for row in all_rows:
-            handle.write(json.dumps(row) + "\n")
-    header = (
-        f"backend {args.backend}, model {args.model or 'embedded SmolLM2-135M'}, temperature "
-        f"{args.temperature}, {args.max_new_tokens} tokens per answer, preset {args.preset}, seeds {seeds}, "
-        f"load average at start {load}\n\n"
-    )
-    (out / "summary.md").write_text(header + "\n".join(sections))
+        sections.append(f"### {text}\n\n({minutes:.0f} min)\n")
+        print(f"\n{text}\n", flush=True)
+        # written after every task, so a long experiment cut short keeps what it finished
+        with open(out / "runs.jsonl", "w") as handle:
+            for row in all_rows:
+                handle.write(json.dumps(row) + "\n")
+        header = (
+            f"backend {args.backend}, model {args.model or 'embedded SmolLM2-135M'}, temperature "
+            f"{args.temperature}, {args.max_new_tokens} tokens per answer, preset {args.preset}, "
+            f"seeds {seeds}, load average at start {load}\n\n"
+        )
+        (out / "summary.md").write_text(header + "\n".join(sections))
 
 
 if __name__ == "__main__":
