@@ -127,8 +127,20 @@ def test_table5_ablation_switches_run(flag):
 def test_mac_window_must_align_with_chunks():
     from testtime.titans.config import MemoryConfig
 
-    with pytest.raises(ValueError):
-        TitansLM(TitansConfig.tiny("mac", window=6, memory=MemoryConfig.tiny(dim=32, chunk_size=4)))
+    with pytest.raises(
+        ValueError, match="multiple of memory.chunk_size"
+    ):  # the config says so, before a model
+        TitansConfig.tiny("mac", window=6, memory=MemoryConfig.tiny(dim=32, chunk_size=4))
+    TitansConfig.tiny("mag", window=6, memory=MemoryConfig.tiny(dim=32, chunk_size=4))  # no segments there
+
+
+def test_memory_field_from_a_file_or_flag_is_checked():
+    cfg = TitansConfig.tiny("mac", memory={"chunk_size": 8})  # a mapping, as a saved config.yaml holds it
+    assert cfg.memory.chunk_size == 8 and cfg.memory.dim == cfg.dim
+    with pytest.raises(ValueError, match="unknown memory field"):
+        TitansConfig.tiny("mac", memory={"chunk_sz": 8})
+    with pytest.raises(ValueError, match="memory must be a MemoryConfig"):
+        TitansConfig.tiny("mac", memory=5)
 
 
 def test_ablation_flags_set_the_fields():

@@ -6,7 +6,7 @@ default we chose and the reason in its comment; docs/fidelity/titans.md lists th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 __all__ = ["ABLATIONS", "MemoryConfig", "TitansConfig"]
@@ -181,7 +181,13 @@ class TitansConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, dict):  # from a saved YAML / JSON config
+            unknown = sorted(set(self.memory) - {f.name for f in fields(MemoryConfig)})
+            if unknown:
+                known = ", ".join(f.name for f in fields(MemoryConfig))
+                raise ValueError(f"unknown memory field(s) {unknown}; known: {known}")
             self.memory = MemoryConfig(**self.memory)
+        if not isinstance(self.memory, MemoryConfig):
+            raise ValueError(f"memory must be a MemoryConfig or a mapping of its fields, got {self.memory!r}")
         if self.memory.dim != self.dim:  # the memory follows the model width (head_dim re-derived)
             self.memory = replace(self.memory, dim=self.dim, head_dim=None)
         if self.variant not in ("lmm", "mac", "mag", "mal", "transformer"):
@@ -198,6 +204,11 @@ class TitansConfig:
             raise ValueError(f"dim {self.dim} is not divisible by num_attn_heads {self.num_attn_heads}")
         if self.window < 1 or self.num_persistent < 0:
             raise ValueError("window must be >= 1 and num_persistent >= 0")
+        if self.variant == "mac" and self.window % self.memory.chunk_size:
+            raise ValueError(
+                f"MAC needs window ({self.window}) to be a multiple of memory.chunk_size "
+                f"({self.memory.chunk_size}): segments end on chunk boundaries"
+            )
 
     @classmethod
     def tiny(cls, variant: Variant = "mac", **overrides: object) -> TitansConfig:
