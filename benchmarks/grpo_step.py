@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -86,6 +87,9 @@ def ours_block(base, tokenizer, *, steps: int, group: int, max_new: int, threads
             start = time.perf_counter()
             trainer.step()
             times.append(time.perf_counter() - start)
+    llm.close()
+    del trainer, llm, model
+    gc.collect()  # each block builds a fresh trainer on a fresh copy: free the last one first
     return times[1:]
 
 
@@ -136,6 +140,8 @@ def trl_block(base, tokenizer, *, steps: int, group: int, max_new: int) -> list[
                 callbacks=[Stamp()],
             )
             trainer.train()
+    del trainer, model
+    gc.collect()
     times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return times[1:]
 
