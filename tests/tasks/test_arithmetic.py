@@ -102,11 +102,13 @@ def test_several_results_are_a_hedge_but_worked_results_are_not() -> None:
         f"The answer is {gold}.",
         f"The answer is {expression} = {gold}.",
         f"The answer is {gold} ({expression} = {gold}).",
+        f"so {expression} = {gold} in 2 steps, {gold}",
     ):
         assert task.verify(instance, answer).solved, answer
     for answer in (
         f"The answer is {gold - 1} or {gold}.",
         f"The answer is {gold + 1}, {gold}",
+        f"{gold - 1} or {gold}",
         f"\\boxed{{{gold} \\lor 0}}",
     ):
         verdict = task.verify(instance, answer)

@@ -108,6 +108,7 @@ SPECIFIC: dict[str, list[tuple[str, Build, float]]] = {
     "arithmetic": [
         ("every number", lambda t, a, b: " ".join(str(i) for i in range(3000)), 0.0),
         ("two results", lambda t, a, b: f"The answer is {a.data['answer'] - 1} or {a.data['answer']}.", 0.0),
+        ("two results, no marker", lambda t, a, b: f"{a.data['answer'] - 1} or {a.data['answer']}", 0.0),
         (
             "a list of results",
             lambda t, a, b: f"The answer is {a.data['answer'] + 1}, {a.data['answer']}",

@@ -267,7 +267,7 @@ class Arithmetic(Task):
         found = last_number(segment) or last_number(answer)
         if found is None:
             return Verdict(score=0.0, solved=False, feedback="No number found in the answer.")
-        several = hedged(segment)
+        several = hedged(answer)
         if several is not None:
             first, last = (excerpt(x, 30) for x in several)
             return Verdict(

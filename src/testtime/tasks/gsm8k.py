@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
-from testtime.tasks.parsing import after_answer_marker, excerpt, hedged, last_number, strip_thinking
+from testtime.tasks.parsing import excerpt, hedged, last_number, strip_thinking
 
 __all__ = ["GSM8K", "gold_answer", "answers_match"]
 
@@ -107,7 +107,7 @@ class GSM8K(Task):
         )
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
-        several = hedged(after_answer_marker(answer))
+        several = hedged(answer)
         if several is not None:  # "16 or 15", \\boxed{15 \\lor 16}: math-verify accepts any one of them
             first, last = (excerpt(x, 30) for x in several)
             return Verdict(

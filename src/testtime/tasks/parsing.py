@@ -125,13 +125,21 @@ def _value(number: str) -> object:
 
 
 _FRACTION = re.compile(r"\s*-?\s*(?:\\[dt]?frac\{[^{}]*\}\{[^{}]*\}|[\d,.]+\s*/\s*[\d,.]+)\s*\.?\s*")
-_RESULT_AT_END = re.compile(r"=\s*(-?\d[\d,]*(?:\.\d+)?)[^\w=]*$")
+_CHOICE = re.compile(r"\bor\b|\beither\b|\\lor|\\vee|∨|\bmaybe\b|\bperhaps\b|\bpossibly\b", re.IGNORECASE)
+_RESULT_AT_END = re.compile(r"=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)[^\d=]*$")
 
 
-def hedged(segment: str) -> tuple[str, str] | None:
-    """The first and last numbers of a final-answer segment when they differ ("436 or 437", "15, 16",
-    ``15 \\lor 16``): an answer that states several results. None when they agree or the segment ends in
-    a worked result ("598 + 100 - 261 = 437.", whose last number is what it states)."""
+def hedged(text: str) -> tuple[str, str] | None:
+    """The first and last numbers of an answer's marked final answer (after "the answer is", in
+    ``\\boxed{}``; see :func:`after_answer_marker`) when they differ ("436 or 437", "15, 16",
+    ``15 \\lor 16``): an answer that states several results. None when they agree, when the segment ends
+    in a worked result ("598 + 100 - 261 = 437 apples.", whose last number is what it states), or when it is
+    one fraction. Without a marker the last line is read, and counts as a hedge only with a word of choice
+    ("or", "either", ``\\lor``, "maybe"): a last line of prose may hold several numbers."""
+    stripped = strip_thinking(text)
+    segment = after_answer_marker(stripped)
+    if "\\boxed{" not in stripped and not _MARKER.search(stripped) and not _CHOICE.search(segment):
+        return None
     found = _NUMBER.findall(segment[-10_000:])
     if len(found) < 2 or _value(found[0]) == _value(found[-1]):
         return None
