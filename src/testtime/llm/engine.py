@@ -10,9 +10,10 @@ weights packed once, and drops the overhead (measured in docs/benchmarks/generat
   q/k norms): its own forward reading the HF weights, with RMSNorm, RoPE and the token sampler of
   ``testtime.nn`` (RoPE in the activations' dtype, :func:`testtime.nn.fused.apply_rope_native`, equal to
   the plain form in float32 and rounding like transformers in bfloat16, with tables from the model's own
-  rotary module, so any RoPE scaling it implements applies), fused QKV and gate/up matrices, SDPA with the query heads of one KV group folded into the query
-  length while decoding (no K/V repetition), logits of the last position only, and on CPUs with oneDNN
-  every weight product (the LM head too) on a pre-packed copy of the weight.
+  rotary module, so any RoPE scaling it implements applies), fused QKV and gate/up matrices, SDPA with
+  the query heads of one KV group folded into the query length while decoding (no K/V repetition), logits
+  of the last position only, and on CPUs with oneDNN every weight product (the LM head too) on a
+  pre-packed copy of the weight.
 - **Fallback path** (any other causal LM): the model's own forward with its ``DynamicCache``.
 
 **Rows join and leave between steps** (iteration-level scheduling, as in Orca, Yu et al. OSDI 2022, and
@@ -41,6 +42,13 @@ prefilled (microseconds) and rebuilds the layers that changed; parametrized weig
 (``torch.nn.utils.parametrize``) are re-read at every prefill. Modules swapped for non-``nn.Linear`` ones
 (PEFT LoRA, custom SVF layers) make the engine use the fallback path, which always runs the model as it is;
 ``updating_weights`` still keeps its steps from running while the weights change.
+
+**bfloat16.** A model loaded in bfloat16 runs in bfloat16 on both paths (the KV cache too; norms and
+log-probabilities in float32). Its greedy tokens equal transformers' own bfloat16 ``generate``
+(tests/llm/test_engine.py); they are not those of float32, and its log-probabilities differ from float32's
+by bfloat16 rounding (measured in docs/fidelity/llm.md), so RL scores the policy in float32. It is faster
+only where the hardware multiplies bfloat16 natively (AVX-512 BF16 / AMX with oneDNN, GPUs); on an
+AVX2-only CPU oneDNN has no bfloat16 kernel here and it runs slower than float32.
 
 Log-probabilities are those of the model's raw distribution (temperature 1, no top-p) unless a row asks for
 the temperature-scaled one (``logprobs_scaled``); :meth:`Engine.score` gives raw log-probabilities of given
