@@ -37,6 +37,9 @@ def test_program_assembly() -> None:
     )
     whole = build_program(data, "```python\ndef f(x):\n    return 2\n```")
     assert whole.startswith("import math\n\ndef f(x):\n    return 2") and whole.endswith("check(f)\n")
+    helper = {**data, "prompt": 'import math\n\ndef g(x):\n    return x\n\ndef f(x):\n    """Doc."""\n'}
+    after_prompt = build_program(helper, "```python\ndef f(x):\n    return g(2)\n```")
+    assert after_prompt.startswith(helper["prompt"].rstrip() + "\n\n\ndef f(x):\n    return g(2)")
 
 
 def test_sandbox_cannot_write_outside_its_directory(tmp_path: Path) -> None:
@@ -150,3 +153,28 @@ def test_tests_see_the_prompts_helpers_and_unpatched_modules() -> None:
         assert verdict.score == 0.0 and not verdict.solved, label
     for task_id in ("HumanEval/32", "HumanEval/33", "HumanEval/38", "HumanEval/50"):  # tests calling helpers
         assert task.verify(by_id[task_id], by_id[task_id].reference).solved, task_id
+
+
+def _whole_function(instance) -> str:  # noqa: ANN001
+    """The canonical solution written as the prompt asks: only the entry function, in a code block."""
+    import re
+
+    prompt, entry = instance.data["prompt"], instance.data["entry_point"]
+    start = [m.start() for m in re.finditer(rf"^def\s+{re.escape(entry)}\s*\(", prompt, re.M)][-1]
+    return "Here it is:\n```python\n" + prompt[start:] + instance.reference + "\n```\n"
+
+
+def test_whole_functions_may_call_the_prompts_helpers() -> None:
+    """decode_cyclic calling the prompt's encode_cyclic, find_zero calling poly: these failed with a
+    NameError when only the prompt's imports preceded a whole function."""
+    task = get_task("humaneval")
+    by_id = {i.id: i for i in task.instances(seed=0)}
+    for task_id in ("HumanEval/10", "HumanEval/32", "HumanEval/38", "HumanEval/50"):
+        assert task.verify(by_id[task_id], _whole_function(by_id[task_id])).solved, task_id
+
+
+@pytest.mark.slow
+def test_all_canonical_solutions_pass_as_whole_functions() -> None:
+    task = get_task("humaneval")
+    failing = [i.id for i in task.instances(n=None) if not task.verify(i, _whole_function(i)).solved]
+    assert failing == []

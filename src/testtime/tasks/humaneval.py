@@ -2,7 +2,7 @@
 
 The answer is either a completion of the prompt (the function body, as the benchmark expects) or a whole
 function definition, optionally inside a fenced code block. The solution (``prompt + completion``, or the
-prompt's imports + the whole function) and then the benchmark's tests run in
+prompt + the whole function, which replaces the prompt's stub) and then the benchmark's tests run in
 :func:`testtime.tasks.sandbox.run_tests` (bubblewrap where available), never in the library's process;
 the tests see pristine builtins and the function's results must be plain data. Score 1.0 only when the
 harness proves ``check`` returned (an early ``sys.exit(0)`` does not pass), else 0.0; the feedback carries the last lines of the error (assertion, exception, timeout or memory).
@@ -34,9 +34,19 @@ def _load() -> tuple[dict[str, Any], ...]:
         return tuple(json.loads(line) for line in lines if line.strip())
 
 
+@functools.lru_cache(maxsize=256)
+def _compiles(source: str) -> bool:
+    try:
+        compile(source, "<prompt>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def build_solution(data: Mapping[str, Any], answer: str) -> str:
-    """The solution's source for an answer: the prompt plus the completion, or the prompt's imports plus a
-    whole function (the tests run separately, see :func:`testtime.tasks.sandbox.run_tests`)."""
+    """The solution's source for an answer: the prompt plus the completion, or the prompt followed by a
+    whole function, which replaces the prompt's stub (the tests run separately, see
+    :func:`testtime.tasks.sandbox.run_tests`)."""
     text = strip_thinking(answer if isinstance(answer, str) else "")
     blocks = _FENCE.findall(text)
     entry = data["entry_point"]
@@ -46,10 +56,14 @@ def build_solution(data: Mapping[str, Any], answer: str) -> str:
     else:
         code = text
     if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.M):  # a whole function (top level)
-        imports = "\n".join(
-            line for line in data["prompt"].splitlines() if line.startswith(("import ", "from "))
-        )
-        body = imports + "\n\n" + code
+        # after the whole prompt, so the helpers it defines (encode_cyclic, poly) exist; the answer's
+        # definition replaces the prompt's stub (a prompt that is not a program alone: its imports only)
+        prompt = data["prompt"]
+        if _compiles(prompt):
+            body = prompt.rstrip() + "\n\n\n" + code
+        else:
+            imports = "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+            body = imports + "\n\n" + code
     else:
         body = data["prompt"] + code
     return body + "\n"
