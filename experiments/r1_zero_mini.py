@@ -7,7 +7,7 @@ is all two-digit additions (most carry). From the same cold-start checkpoint, th
 budget, ``steps`` optimizer steps on ``steps x P x G`` sampled or given completions:
 
 - **GRPO**: binary accuracy reward, G samples per prompt, loss ``grpo``, temperature 1 (this package's
-  trainer).
+  trainer), learning rate ``--rl-lr`` (default 1e-4; 1e-3 degraded the policy, see README.md).
 - **RS-SFT** (rejection sampling, expert iteration): the same number of samples from the cold-start
   model on target problems, the verified ones kept, SFT on them with the same number of steps.
 - **SFT on gold answers** of the target distribution (same steps and rows): uses labels, which RL does not;
@@ -18,7 +18,9 @@ width) is cold-started the same way and then either **distilled** (SFT on the te
 target problems) or trained by **GRPO directly** with the same number of steps.
 
 Evaluation: greedy exact-match accuracy on held-out target additions (pairs never used in training), 95 %
-Wilson intervals per seed, several seeds. Writes experiments/r1_zero_mini/{results.md, results.json, plot.png}.
+Wilson intervals, several seeds, split into carry and no-carry problems. Writes
+``--out``/{results.md, results.json, plot.png} (default experiments/r1_zero_mini/); results and their
+reading: experiments/r1_zero_mini/README.md.
 
 Honest scale: ~10^5-parameter models, character tokens, answers of 2-3 tokens, no chain of thought. What it
 can show: whether the trainer's RL improves a narrow-start policy on a shifted distribution compared with
@@ -51,8 +53,7 @@ def pairs(kind: str, count: int, rng: random.Random, exclude: set) -> list[tuple
     while len(out) < count and tries < 100_000:
         tries += 1
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        carry = (a % 10 + b % 10) >= 10 or (a // 10 + b // 10) >= 10
-        if kind == "narrow" and carry:
+        if kind == "narrow" and carries(a, b):
             continue
         if (a, b) in exclude:
             continue
@@ -80,13 +81,21 @@ def make_model(tokenizer, *, hidden: int, seed: int):
     return LlamaForCausalLM(config)
 
 
-def accuracy(model, tokenizer, problems) -> int:
+def carries(a: int, b: int) -> bool:
+    return (a % 10 + b % 10) >= 10 or (a // 10 + b // 10) >= 10
+
+
+def solved(model, tokenizer, problems) -> list[bool]:
     from testtime.llm.local import LocalLLM
 
     llm = LocalLLM(model.eval(), tokenizer)
     out = llm.generate([f"{a}+{b}=" for a, b in problems], temperature=0, max_tokens=4)
     llm.close()
-    return sum(c[0].text.strip() == str(a + b) for (a, b), c in zip(problems, out, strict=True))
+    return [c[0].text.strip() == str(a + b) for (a, b), c in zip(problems, out, strict=True)]
+
+
+def accuracy(model, tokenizer, problems) -> int:
+    return sum(solved(model, tokenizer, problems))
 
 
 def reward(prompts, completions, **_):
@@ -161,6 +170,7 @@ def rejection_rows(model, tokenizer, problems, *, samples: int, seed: int) -> tu
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cold-steps", type=int, default=400)
@@ -171,7 +181,17 @@ def main() -> None:
     parser.add_argument("--student-hidden", type=int, default=32)
     parser.add_argument("--test", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--rl-lr", type=float, default=1e-4, help="GRPO learning rate (1e-3 degraded, see README)"
+    )
+    parser.add_argument("--sft-lr", type=float, default=1e-3, help="Learning rate of the SFT arms.")
+    parser.add_argument("--out", type=Path, default=OUT, help="Folder for results.{md,json} and plot.png.")
+    parser.add_argument("--report-only", action="store_true", help="Rewrite results.md from results.json.")
     args = parser.parse_args()
+    OUT = args.out
+    if args.report_only:
+        report(json.loads((OUT / "results.json").read_text()))
+        return
     torch.set_num_threads(args.threads)
     from testtime.rl.eval import wilson_interval
     from testtime.testing import build_tiny_tokenizer
@@ -179,7 +199,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     budget_rows = args.steps * args.prompts * args.group  # completions each arm may use
-    results = {"config": vars(args), "seeds": [], "load_average_start": os.getloadavg()}
+    results = {
+        "config": {**vars(args), "out": str(args.out)},
+        "seeds": [],
+        "load_average_start": os.getloadavg(),
+    }
     for seed in args.seeds:
         rng = random.Random(seed)
         test = pairs("target", args.test, random.Random(10_000 + seed), set())
@@ -190,9 +214,20 @@ def main() -> None:
         record: dict = {"seed": seed}
 
         def evaluate(name, model, record=record, test=test, seed=seed):
-            hits = accuracy(model, tokenizer, test)
-            record[name] = {"hits": hits, "n": len(test), "ci": wilson_interval(hits, len(test))}
-            print(f"seed {seed} {name}: {hits}/{len(test)}", flush=True)
+            marks = solved(model, tokenizer, test)
+            hits = sum(marks)
+            carry_marks = [m for m, (a, b) in zip(marks, test, strict=True) if carries(a, b)]
+            record[name] = {
+                "hits": hits,
+                "n": len(test),
+                "ci": wilson_interval(hits, len(test)),
+                "carry_hits": sum(carry_marks),
+                "carry_n": len(carry_marks),
+            }
+            print(
+                f"seed {seed} {name}: {hits}/{len(test)} (carry {sum(carry_marks)}/{len(carry_marks)})",
+                flush=True,
+            )
 
         start = time.perf_counter()
         teacher0 = make_model(tokenizer, hidden=args.hidden, seed=seed)
@@ -210,11 +245,12 @@ def main() -> None:
             steps=args.steps,
             prompts=args.prompts,
             group=args.group,
-            lr=1e-3,
+            lr=args.rl_lr,
             seed=seed,
             out=OUT / f"grpo_seed{seed}",
         )
         record["grpo_reward"] = [h["reward"] for h in history]
+        record["grpo_zero_std_share"] = [h["zero_std_share"] for h in history]
         evaluate("grpo", rl_model)
 
         rs_model = copy.deepcopy(teacher0)
@@ -230,7 +266,7 @@ def main() -> None:
                 rows,
                 steps=args.steps,
                 batch=args.prompts * args.group,
-                lr=1e-3,
+                lr=args.sft_lr,
                 seed=seed,
             )
         evaluate("rs_sft", rs_model)
@@ -243,7 +279,7 @@ def main() -> None:
             gold_rows,
             steps=args.steps,
             batch=args.prompts * args.group,
-            lr=1e-3,
+            lr=args.sft_lr,
             seed=seed,
         )
         evaluate("sft_gold", gold_model)
@@ -262,7 +298,7 @@ def main() -> None:
                 rows,
                 steps=args.steps,
                 batch=args.prompts * args.group,
-                lr=1e-3,
+                lr=args.sft_lr,
                 seed=seed,
             )
         evaluate("student_distilled", distilled)
@@ -274,7 +310,7 @@ def main() -> None:
             steps=args.steps,
             prompts=args.prompts,
             group=args.group,
-            lr=1e-3,
+            lr=args.rl_lr,
             seed=seed,
             out=OUT / f"student_grpo_seed{seed}",
         )
@@ -321,7 +357,14 @@ def report(results: dict) -> None:
             if len(accs) > 1
             else f"{accs[0]:.3f}"
         )
-        return f"| {label} | {per} | {spread} | {lo:.3f}-{hi:.3f} |", statistics.mean(accs)
+        carry = f"{sum(s[key]['carry_hits'] for s in seeds)}/{sum(s[key]['carry_n'] for s in seeds)}"
+        easy = sum(s[key]["hits"] - s[key]["carry_hits"] for s in seeds)
+        easy_n = sum(s[key]["n"] - s[key]["carry_n"] for s in seeds)
+        e_lo, e_hi = wilson_interval(easy, easy_n)
+        no_carry = f"{easy}/{easy_n} = {easy / easy_n:.3f} ({e_lo:.3f}-{e_hi:.3f})"
+        return f"| {label} | {per} | {spread} | {lo:.3f}-{hi:.3f} | {carry} | {no_carry} |", statistics.mean(
+            accs
+        )
 
     lines = [
         "# Experiments (a) and (c) in miniature: RL after a narrow cold start; distillation vs RL on a student",
@@ -336,8 +379,9 @@ def report(results: dict) -> None:
         "",
         "## (a) From a narrow cold start (no-carry additions) to all two-digit additions",
         "",
-        "| arm | accuracy per seed | mean ± sd over seeds | 95% Wilson (seeds pooled) |",
-        "|---|---|---|---|",
+        "| arm | accuracy per seed | mean ± sd over seeds | 95% Wilson (seeds pooled) | carry problems solved "
+        "| no-carry problems solved (95% Wilson) |",
+        "|---|---|---|---|---|---|",
     ]
     means_a = []
     for key, label in ARMS_A:
@@ -350,12 +394,20 @@ def report(results: dict) -> None:
         + ", ".join(f"{s['rs_kept']}/{s['rs_sampled']}" for s in seeds)
         + " samples (per seed); cold-start accuracy on held-out *narrow* problems: "
         + ", ".join(f"{s['cold_start_narrow_acc']:.2f}" for s in seeds)
+        + ". GRPO: mean train reward first/last 10 steps "
+        + ", ".join(
+            f"{statistics.mean(s['grpo_reward'][:10]):.2f}/{statistics.mean(s['grpo_reward'][-10:]):.2f}"
+            for s in seeds
+        )
+        + "; share of groups with zero reward variance (no signal) "
+        + ", ".join(f"{statistics.mean(s['grpo_zero_std_share']):.2f}" for s in seeds)
         + ".",
         "",
         "## (c) Distillation of the GRPO model into a half-width student vs GRPO on the student",
         "",
-        "| arm | accuracy per seed | mean ± sd over seeds | 95% Wilson (seeds pooled) |",
-        "|---|---|---|---|",
+        "| arm | accuracy per seed | mean ± sd over seeds | 95% Wilson (seeds pooled) | carry problems solved "
+        "| no-carry problems solved (95% Wilson) |",
+        "|---|---|---|---|---|---|",
     ]
     means_c = []
     for key, label in ARMS_C:
