@@ -16,7 +16,7 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/svf/run.py --phases experts matrix classifier adapt
 
-``--bundle`` copies the ARC-Easy seed-0 expert to ``src/testtime/data/svf/arc_easy.safetensors`` (the demo's).
+``--bundle`` copies the ARC-Easy seed-0 expert to ``src/testtime/svf/bundled/arc_easy.safetensors`` (the demo's).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from testtime.tasks import get_task
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 EXPERTS = HERE / "experts"
-BUNDLE = HERE.parent.parent / "src" / "testtime" / "data" / "svf" / "arc_easy.safetensors"
+BUNDLE = HERE.parent.parent / "src" / "testtime" / "svf" / "bundled" / "arc_easy.safetensors"
 
 # name -> (task, knobs, env mode, max new tokens)
 TASKS: dict[str, tuple[str, dict[str, int], str, int]] = {
     "arc-easy": ("arc-easy", {}, "cloze", 8),
-    "arithmetic": ("arithmetic", {"digits": 2, "terms": 2}, "generate", 32),
+    "arithmetic": ("arithmetic", {"digits": 1, "terms": 2}, "generate", 40),
     "countdown": ("countdown", {"num_numbers": 2, "max_number": 20}, "generate", 48),
 }
 UNSEEN = ("arc-challenge", {}, "cloze", 8)
@@ -101,7 +101,7 @@ def _config(
         max_steps=args.steps,
         eval_every=args.eval_every,
         patience=args.patience,
-        val_fraction=0.25,
+        val_fraction=args.val_fraction,
         seed=seed,
     )
 
@@ -159,7 +159,7 @@ def phase_matrix(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Loca
     rows = []
     test = {name: _instances(name, "test", args.num_eval, 1000)[1] for name in TASKS}
     svf.reset()
-    for name, items in test.items():
+    for name, items in test.items() if not args.no_base else ():
         rows.append({"expert": "base", "task": name, **_accuracy_row(policy, name, items)})
         print(json.dumps(rows[-1]), flush=True)
     for seed in args.seeds:
@@ -197,6 +197,18 @@ def phase_matrix(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Loca
                      "ci95": wilson(accuracy * len(test[name]), len(test[name]))})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     _save("matrix", {"rows": rows})
+
+
+def _lora_policy(args: argparse.Namespace, tokenizer: Any) -> tuple[str, Any] | None:
+    """The first LoRA baseline adapter (seed 0) as an evaluation policy, or None when none was trained."""
+    for name in args.lora_tasks:
+        path = EXPERTS / f"{name}-lora-seed{args.seeds[0]}"
+        if path.is_dir():
+            from peft import PeftModel
+
+            fresh, _ = load_model()
+            return name, _FrozenPolicy(PeftModel.from_pretrained(fresh, path).eval(), tokenizer)
+    return None
 
 
 class _FrozenPolicy:
@@ -249,6 +261,7 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
     out: dict[str, Any] = {"rows": []}
     targets = [("arc-challenge", ["prompt", *with_b, "few-shot"])]
     targets += [(name, ["prompt", *with_b]) for name in TASKS]
+    lora = _lora_policy(args, tokenizer)
     for name, strategies in targets:
         task, items = _instances(name, "test", args.num_adapt, 2000)
         _, _, mode, tokens = TASKS.get(name, UNSEEN)
@@ -257,6 +270,9 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
             shots=args.shots, per_layer=False, population=args.population, generations=args.generations,
             max_new_tokens=tokens, seed=seed, policy=policy,
         )  # fmt: skip
+        if lora is not None:
+            accuracy = _env(name).evaluate(lora[1], items)
+            rows.append({"strategy": f"LoRA ({lora[0]})", "accuracy": accuracy, "n": len(items), "note": ""})
         for row in rows:
             row["task"] = name
             row["ci95"] = wilson(row["accuracy"] * row["n"], row["n"])
@@ -265,10 +281,89 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
         _save("adapt", out)
 
 
+def _load_all(phase: str) -> list[dict[str, Any]]:
+    """Every results file of a phase (all tags), oldest name first."""
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{phase}*.json"))]
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    lo, hi = row.get("ci95") or wilson(row["accuracy"] * row["n"], row["n"])
+    return f"{row['accuracy']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def phase_summary(args: argparse.Namespace, *_: Any) -> None:
+    """``results/summary.md``: the experts, the expert-by-task matrix and the adaptation table, from the JSONs."""
+    lines = ["# Results (written by `run.py --phases summary`; 95% Wilson intervals in brackets)", ""]
+    runs = [r for data in _load_all("experts") for r in data["runs"]]
+    if runs:
+        lines += ["## Experts", "", "| task | method | seed | val before | best val | steps | seconds | params |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in runs:
+            lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {r['base_val']:.2f} | {r['best_val']:.2f} "
+                         f"| {r['steps']} | {r['seconds']:.0f} | {r['params']:,} |")  # fmt: skip
+        lines.append("")
+    rows = [row for data in _load_all("matrix") for row in data["rows"]]
+    if rows:
+        tasks = list(dict.fromkeys(r["task"] for r in rows))
+        lines += ["## Expert-by-task matrix (test accuracy)", "",
+                  "| expert | seed | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]  # fmt: skip
+        keyed: dict[tuple[str, str], dict[str, str]] = {}
+        for r in rows:
+            seed = str(r.get("seed", "-"))
+            keyed.setdefault((r["expert"], seed), {})[r["task"]] = _fmt(r)
+        for (expert, seed), cells in keyed.items():
+            lines.append(f"| {expert} | {seed} | " + " | ".join(cells.get(t, "") for t in tasks) + " |")
+        by_expert: dict[str, dict[str, list[float]]] = {}
+        for r in rows:
+            if "seed" in r:
+                by_expert.setdefault(r["expert"], {}).setdefault(r["task"], []).append(r["accuracy"])
+        if by_expert:
+            lines += ["", "Mean over seeds (min-max):", "", "| expert | " + " | ".join(tasks) + " |",
+                      "|---|" + "---|" * len(tasks)]  # fmt: skip
+            for expert, cells in by_expert.items():
+                shown = [
+                    f"{sum(v) / len(v):.2f} ({min(v):.2f}-{max(v):.2f}, {len(v)} seeds)" if v else ""
+                    for v in (cells.get(t, []) for t in tasks)
+                ]
+                lines.append(f"| {expert} | " + " | ".join(shown) + " |")
+        lines.append("")
+    adapt = [row for data in _load_all("adapt") for row in data["rows"]]
+    if adapt:
+        lines += [
+            "## Two-pass adaptation",
+            "",
+            "| task | strategy | accuracy | n | note |",
+            "|---|---|---|---|---|",
+        ]
+        for r in adapt:
+            lines.append(f"| {r['task']} | {r['strategy']} | {_fmt(r)} | {r['n']} | {r.get('note', '')} |")
+        mix: dict[str, list[float]] = {}
+        for r in adapt:
+            if r["task"] in TASKS:
+                solved_n = mix.setdefault(r["strategy"], [0.0, 0.0])
+                solved_n[0] += r["accuracy"] * r["n"]
+                solved_n[1] += r["n"]
+        if mix:
+            lines += ["", "Mixture of the expert tasks' test questions (each question routed on its own):", "",
+                      "| strategy | accuracy | n |", "|---|---|---|"]  # fmt: skip
+            for strategy, (solved, n) in mix.items():
+                row = {"accuracy": solved / n, "n": int(n)}
+                lines.append(f"| {strategy} | {_fmt(row)} | {int(n)} |")
+        lines.append("")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["arc-easy", "arithmetic"], choices=sorted(TASKS))
-    parser.add_argument("--phases", nargs="+", default=["experts", "matrix", "classifier", "adapt"])
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=["experts", "matrix", "classifier", "adapt", "summary"],
+        choices=["experts", "matrix", "classifier", "adapt", "summary"],
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=5)
@@ -288,7 +383,16 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--ntp-tasks", nargs="*", default=["arc-easy"])
     parser.add_argument("--lora-tasks", nargs="*", default=["arc-easy"])
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.25,
+        help="validation share for early stopping (0: keep the last)",
+    )
     parser.add_argument("--force", action="store_true")
+    parser.add_argument(
+        "--no-base", action="store_true", help="matrix: skip the base rows (another seed's run)"
+    )
     parser.add_argument("--tag", default="", help="suffix of the results files (e.g. -seed1)")
     parser.add_argument("--bundle", action="store_true")
     args = parser.parse_args()
@@ -305,9 +409,10 @@ def main() -> None:
         "matrix": phase_matrix,
         "classifier": phase_classifier,
         "adapt": phase_adapt,
+        "summary": phase_summary,
     }
     for phase in args.phases:
-        if _done(phase, args.force):
+        if phase != "summary" and _done(phase, args.force):
             print(f"{phase}: done already ({RESULTS / (phase + '.json')})")
             continue
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Demo part: Transformer² adapts the embedded model to an ARC question with an SVF expert.
 
-The expert is the bundled ARC-Easy z-vector file (``testtime/data/svf/arc_easy.safetensors``, trained by
+The expert is the bundled ARC-Easy z-vector file (``testtime/svf/bundled/arc_easy.safetensors``, trained by
 ``experiments/svf/run.py`` with REINFORCE on ARC-Easy training questions) when it fits the model; for any
 other model (the tests' tiny one) a small expert is trained on the spot with the same loop. The part shows
 the two passes on one test question: the first pass (the model classifies the question among the known
@@ -22,7 +22,7 @@ from testtime.errors import UserError
 
 __all__ = ["BUNDLED_EXPERT", "run"]
 
-BUNDLED_EXPERT = Path(str(resources.files("testtime") / "data" / "svf" / "arc_easy.safetensors"))
+BUNDLED_EXPERT = Path(str(resources.files("testtime") / "svf" / "bundled" / "arc_easy.safetensors"))
 
 
 def _expert_for(ctx: DemoContext, svf, policy, env, task):
