@@ -178,3 +178,36 @@ def test_all_canonical_solutions_pass_as_whole_functions() -> None:
     task = get_task("humaneval")
     failing = [i.id for i in task.instances(n=None) if not task.verify(i, _whole_function(i)).solved]
     assert failing == []
+
+
+def test_answers_cannot_read_the_tests_or_the_data_set() -> None:
+    """Reading tests.py and answering from its asserts, or running the canonical solution from the bundled
+    data set (found through sys.path), both scored 1.0 before."""
+    task = get_task("humaneval")
+    by_id = {i.id: i for i in task.instances(seed=0)}
+    from_tests = (
+        "    import ast\n"
+        "    for node in ast.walk(ast.parse(open('tests.py').read())):\n"
+        "        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):\n"
+        "            if ast.literal_eval(node.test.left.args[0]) == string:\n"
+        "                return ast.literal_eval(node.test.comparators[0])\n"
+    )
+    from_data = (
+        "    import glob, gzip, json, sys\n"
+        "    for base in sys.path:\n"
+        "        for path in glob.glob(base + '/testtime/data/humaneval/*.jsonl.gz'):\n"
+        "            for line in gzip.open(path, 'rt'):\n"
+        "                row = json.loads(line)\n"
+        "                if row['entry_point'] == 'has_close_elements':\n"
+        "                    ns = {}\n"
+        "                    exec(row['prompt'] + row['canonical_solution'], ns)\n"
+        "                    return ns['has_close_elements'](numbers, threshold)\n"
+    )
+    from_package = "    from testtime.tasks.humaneval import _load\n    return bool(_load())\n"
+    for label, task_id, answer in (
+        ("tests.py", "HumanEval/23", from_tests),
+        ("data set", "HumanEval/0", from_data),
+        ("package", "HumanEval/0", from_package),
+    ):
+        verdict = task.verify(by_id[task_id], answer)
+        assert verdict.score == 0.0 and not verdict.solved, label

@@ -254,3 +254,24 @@ def test_no_host_unix_socket(isolation: str, hook: bool) -> None:
     finally:
         server.close()
         path.unlink()
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "fallback"] if BWRAP else ["fallback"])
+def test_hidden_paths_cannot_be_read(isolation: str) -> None:
+    base = Path("/var/tmp")
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        pytest.skip("needs a writable /var/tmp")
+    secret = base / f"testtime-hidden-{uuid.uuid4().hex[:8]}"
+    secret.mkdir()
+    try:
+        (secret / "answers.txt").write_text("42")
+        secret.chmod(0o755)
+        (secret / "answers.txt").chmod(0o644)
+        tests = "def check(candidate):\n    assert candidate() == '42'\n"
+        solution = f"def f():\n    return open({str(secret / 'answers.txt')!r}).read()\n"
+        assert run_tests(solution, tests, "f", isolation=isolation, **LIMITS).status == "passed"  # not hidden
+        hidden = run_tests(solution, tests, "f", isolation=isolation, hide=[str(secret)], **LIMITS)
+        assert hidden.status == "failed" and "42" not in hidden.stdout
+    finally:
+        (secret / "answers.txt").unlink()
+        secret.rmdir()

@@ -13,16 +13,18 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
 import re
 from collections.abc import Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
 from testtime.tasks.parsing import strip_thinking
 from testtime.tasks.sandbox import run_tests
 
-__all__ = ["HumanEval", "build_program", "build_solution"]
+__all__ = ["HumanEval", "build_program", "build_solution", "hidden_paths"]
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -41,6 +43,16 @@ def _compiles(source: str) -> bool:
     except (SyntaxError, ValueError):
         return False
     return True
+
+
+def hidden_paths() -> list[str]:
+    """What answer code must not read: this package (its copy of the data set holds the canonical
+    solutions and tests), the ``.git`` of a source checkout it lives in, and the paths in
+    ``TESTTIME_SANDBOX_HIDE`` (separated by ``os.pathsep``; other copies of HumanEval on the machine)."""
+    package = Path(str(resources.files("testtime")))
+    paths = [str(package)] + [str(p / ".git") for p in package.parents[:2] if (p / ".git").exists()]
+    extra = os.environ.get("TESTTIME_SANDBOX_HIDE", "")
+    return paths + [p for p in extra.split(os.pathsep) if p.strip()]
 
 
 def build_solution(data: Mapping[str, Any], answer: str) -> str:
@@ -108,7 +120,14 @@ class HumanEval(Task):
     def verify(self, instance: Instance, answer: str) -> Verdict:
         data = instance.data
         solution = build_solution(data, answer)
-        result = run_tests(solution, data["test"], data["entry_point"], context=data["prompt"], **self.limits)
+        result = run_tests(
+            solution,
+            data["test"],
+            data["entry_point"],
+            context=data["prompt"],
+            hide=hidden_paths(),
+            **self.limits,
+        )
         if result.status == "passed":
             return Verdict(
                 score=1.0, solved=True, feedback="All tests pass.", details={"status": result.status}

@@ -39,7 +39,10 @@ program (the tests' ``math``, ``random``, ``copy``, ``string`` among them), the 
 their module-level objects (``random._inst``) are put back as they were after the program and after each
 call of the function (an identity check of every saved value, about 1 ms, then a repair of what changed;
 a thread still running then fails the run, since it could patch again what was put back),
-and the hook refuses assigning ``__code__``, ``__defaults__``, ``__class__`` or ``__bases__``. Signal
+and the hook refuses assigning ``__code__``, ``__defaults__``, ``__class__`` or ``__bases__``. The tests'
+and the context's files are deleted before the program runs (it could read the asserted values), and
+``hide`` makes chosen paths unreadable (an empty directory or ``/dev/null`` in their place under
+bubblewrap; the audit hook refuses opening them in the fallback). Signal
 handlers (which receive frames) cannot be set: ``signal`` and ``_signal`` cannot be imported.
 
 What remains, honestly: the solution and the tests share one interpreter, so a solution can still change
@@ -66,6 +69,7 @@ import tempfile
 import time
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["SandboxResult", "isolation_mode", "run_python", "run_tests"]
@@ -96,6 +100,7 @@ def _main():
             "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
             "shutil.copytree", "shutil.chown",
         ))
+        hidden = {hidden!r}
         write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
         frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "f_locals"))
         blocked_modules = frozenset((
@@ -133,6 +138,8 @@ def _main():
                 real = resolve(path)
                 if real is None or real == "/proc" or real.startswith("/proc/"):
                     raise PermissionError("sandbox: reading /proc is not allowed")
+                if any(real == h or real.startswith(h + sep) for h in hidden):
+                    raise PermissionError("sandbox: reading " + real + " is not allowed")
                 if isdir(real):
                     raise PermissionError("sandbox: opening a directory is not allowed")
             elif event in path_events:
@@ -176,6 +183,11 @@ def _main():
     if {with_context}:
         with open("context.py", encoding="utf-8") as handle:
             context = compile(handle.read(), "context.py", "exec")
+    for name in ("tests.py", "context.py"):  # the program must not read the tests (and copy their answers)
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            pass
     # modules that look at their caller's frame while being imported, and those tests import, before the hook
     import collections, copy, functools, itertools, math, random, re, string, typing  # noqa: F401, E401
     # signal handlers receive frames (the harness's among them): no handler can be set from here on
@@ -372,8 +384,10 @@ def seccomp_filter(machine: str | None = None) -> bytes | None:
     return bytes(out)
 
 
-def _bwrap_args(workdir: str, seccomp_fd: int | None) -> list[str]:
+def _bwrap_args(workdir: str, seccomp_fd: int | None, hidden: tuple[str, ...] = ()) -> list[str]:
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in hidden:  # an empty directory, or an empty file, in its place
+        args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     args += ["--bind", workdir, _INSIDE, "--chdir", _INSIDE, "--unshare-all", "--die-with-parent"]
     args += ["--new-session", "--cap-drop", "ALL"]
     if seccomp_fd is not None:
@@ -487,6 +501,7 @@ def run_tests(
     max_output_bytes: int = 1_000_000,
     isolation: str | None = None,
     context: str | None = None,
+    hide: Sequence[str] = (),
 ) -> SandboxResult:
     """Run a solution, then tests defining ``check(candidate)``, and call ``check(solution[entry_point])``.
 
@@ -506,6 +521,9 @@ def run_tests(
         context: source run in the tests' own namespace before them (HumanEval: the prompt, so helpers
             it defines, such as ``encode_cyclic``, are the prompt's and not the solution's); None: the
             tests see a copy of the solution's names.
+        hide: files or directories the program must not read (HumanEval: the bundled data set, which
+            holds the canonical solutions): under bubblewrap an empty directory or file takes their place;
+            in the fallback the audit hook refuses opening them.
 
     Returns:
         A :class:`SandboxResult`.
@@ -517,6 +535,7 @@ def run_tests(
         tests=tests,
         entry_point=entry_point,
         context=context,
+        hide=hide,
         isolation=isolation or isolation_mode(),
         cpu_seconds=cpu_seconds,
         wall_seconds=wall_seconds,
@@ -532,6 +551,7 @@ def _spawn(
     tests: str | None = None,
     entry_point: str = "",
     context: str | None = None,
+    hide: Sequence[str] = (),
     cpu_seconds: int = 5,
     wall_seconds: float = 10.0,
     memory_mb: int = 1024,
@@ -543,6 +563,9 @@ def _spawn(
     if isolation not in ("bwrap", "fallback"):
         raise ValueError(f"isolation must be 'bwrap' or 'fallback', got {isolation!r}")
     as_nobody = isolation == "fallback" and _nobody_works()
+    hidden_paths = tuple(sorted({os.path.realpath(p) for p in hide if os.path.exists(p)}))
+    if any(p == "/" or "\n" in p for p in hidden_paths):
+        raise ValueError("hide: cannot hide / or a path with a newline")
     workdir = tempfile.mkdtemp(prefix="testtime-sandbox-")
     token = secrets.token_hex(24).encode()
     read_end, write_end = os.pipe()
@@ -562,6 +585,7 @@ def _spawn(
             with_tests=tests is not None,
             with_context=tests is not None and context is not None,
             entry=entry_point,
+            hidden=hidden_paths,
         )
         if not audit_hook:
             guard = guard.replace("    sys.addaudithook(make_hook())\n", "")
@@ -588,7 +612,8 @@ def _spawn(
                 os.write(seccomp_write, program)
                 os.close(seccomp_write)
                 pass_fds.append(seccomp_read)
-            command = [*_bwrap_args(workdir, seccomp_read if program is not None else None), "--", *command]
+            seccomp_fd = seccomp_read if program is not None else None
+            command = [*_bwrap_args(workdir, seccomp_fd, hidden_paths), "--", *command]
         elif as_nobody:
             os.chown(workdir, 65534, 65534)
             extra = {"user": 65534, "group": 65534, "extra_groups": []}
