@@ -56,3 +56,34 @@ def test_serve_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--host", "--port", "--model", "--api-key"):
         assert option in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dtype", "fp16"], "--dtype"),
+        (["--batching", "dynamic"], "--batching"),
+        (["--max-tokens-limit", "0"], "--max-tokens-limit"),
+        (["--max-prompt-tokens", "-5"], "--max-prompt-tokens"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms"),
+        (["--max-kv-tokens", "0"], "--max-kv-tokens"),
+        (["--max-batch-size", "0"], "--max-batch-size"),
+        (["--threads", "0"], "--threads"),
+        (["--port", "70000"], "--port"),
+    ],
+)
+def test_serve_rejects_bad_flags_before_loading(flags, message, capsys):
+    """Each bad flag is one line on stderr and exit 2, before any model is loaded."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", "/nonexistent/model.gguf", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_generate_rejects_a_bad_dtype(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", "--dtype", "int8", "x"])
+    assert exit_info.value.code == 2
+    assert "--dtype" in capsys.readouterr().err

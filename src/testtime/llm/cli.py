@@ -95,6 +95,12 @@ def register(app: typer.Typer) -> None:
             raise UserError("--max-batch-size must be >= 1")
         if max_kv_tokens is not None and max_kv_tokens < 1:
             raise UserError("--max-kv-tokens must be >= 1")
+        if max_tokens_limit < 1:
+            raise UserError(f"--max-tokens-limit must be >= 1, got {max_tokens_limit}")
+        if max_prompt_tokens < 1:
+            raise UserError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
+        if not 0 <= max_wait_ms < 60_000:
+            raise UserError(f"--max-wait-ms must be in [0, 60000), got {max_wait_ms}")
         torch_dtype = _dtype(dtype)
         llm = LocalLLM.from_name(
             model,
