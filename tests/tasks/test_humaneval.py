@@ -181,8 +181,9 @@ def test_all_canonical_solutions_pass_as_whole_functions() -> None:
 
 
 def test_answers_cannot_read_the_tests_or_the_data_set() -> None:
-    """Reading tests.py and answering from its asserts, or running the canonical solution from the bundled
-    data set (found through sys.path), both scored 1.0 before."""
+    """Reading tests.py and answering from its asserts, running the canonical solution from the bundled
+    data set (found through sys.path), or reading the tests' constants from an audit hook of its own: each
+    scored 1.0 before."""
     task = get_task("humaneval")
     by_id = {i.id: i for i in task.instances(seed=0)}
     from_tests = (
@@ -204,10 +205,20 @@ def test_answers_cannot_read_the_tests_or_the_data_set() -> None:
         "                    return ns['has_close_elements'](numbers, threshold)\n"
     )
     from_package = "    from testtime.tasks.humaneval import _load\n    return bool(_load())\n"
+    spy = (  # an audit hook of its own sees the tests' code object (and its constants) when they run
+        "    for code in seen:\n"
+        "        for const in code.co_consts:\n"
+        "            if getattr(const, 'co_name', '') == 'check':\n"
+        "                values = list(const.co_consts)\n"
+        "                return values[values.index(string) + 1]\n"
+        "import sys\nseen = []\n"
+        "sys.addaudithook(lambda event, args: event == 'exec' and seen.append(args[0]))\n"
+    )
     for label, task_id, answer in (
         ("tests.py", "HumanEval/23", from_tests),
         ("data set", "HumanEval/0", from_data),
         ("package", "HumanEval/0", from_package),
+        ("audit hook", "HumanEval/23", spy),
     ):
         verdict = task.verify(by_id[task_id], answer)
         assert verdict.score == 0.0 and not verdict.solved, label

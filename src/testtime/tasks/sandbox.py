@@ -92,7 +92,8 @@ def _main():
             "resource.setrlimit", "resource.prlimit", "os.putenv", "os.unsetenv", "urllib.Request",
             "webbrowser.open", "os.pidfd_open", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
             "sys._current_frames", "sys._getframe", "sys.settrace", "sys.setprofile",
-            "function.__new__", "code.__new__", "os.chdir", "os.fchdir",
+            "function.__new__", "code.__new__", "os.chdir", "os.fchdir", "sys.addaudithook",
+            "sys.monitoring.register_callback",
         ))
         path_events = frozenset((
             "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.symlink", "os.link",
