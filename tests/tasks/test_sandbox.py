@@ -275,3 +275,21 @@ def test_hidden_paths_cannot_be_read(isolation: str) -> None:
     finally:
         (secret / "answers.txt").unlink()
         secret.rmdir()
+
+
+def test_ordinary_solutions_still_pass_the_restore() -> None:
+    """What the harness puts back after each call must not break honest code: a submodule imported on
+    every call, a joined thread, attributes on the solution's own classes, a module-level cache."""
+    tests = "def check(candidate):\n    for i in range(3):\n        assert candidate(i) == i\n"
+    solutions = {
+        "submodule import": "def f(x):\n    import encodings.idna\n    return x if encodings.idna.ToASCII('a') else -1\n",
+        "joined thread": (
+            "import threading\ndef f(x):\n    out = []\n    t = threading.Thread(target=out.append, args=(x,))\n"
+            "    t.start()\n    t.join()\n    return out[0]\n"
+        ),
+        "own class": "class C:\n    pass\ndef f(x):\n    C.value = x\n    return C.value\n",
+        "cache": "import functools\n@functools.lru_cache(maxsize=None)\ndef f(x):\n    return x\n",
+    }
+    for label, source in solutions.items():
+        result = run_tests(source, tests, "f", **LIMITS)
+        assert result.status == "passed", (label, result.stderr[-300:])

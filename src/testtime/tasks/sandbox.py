@@ -199,7 +199,7 @@ def _main():
     # after each call of the function the tests see these values again, whatever the program patched.
     from itertools import repeat
     from operator import is_
-    missing, set_attribute, delete_attribute = object(), type.__setattr__, type.__delattr__
+    missing, set_attribute, delete_attribute, module_type = object(), type.__setattr__, type.__delattr__, type(sys)
     watched, seen = [], set()
 
     def watch(mapping, owner):
@@ -250,7 +250,8 @@ def _main():
             if len(mapping) == len(keys) and all(map(is_, map(mapping.get, keys, repeat(missing)), values)):
                 continue
             old = dict(zip(keys, values))
-            for key in [k for k in mapping if k not in old]:
+            # a submodule imported since (encodings.idna) stays: import does not bind it again
+            for key in [k for k in mapping if k not in old and type_of(mapping[k]) is not module_type]:
                 try:
                     delete_attribute(owner, key) if owner is not None else mapping.pop(key)
                 except BaseException:
