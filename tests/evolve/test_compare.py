@@ -54,3 +54,22 @@ def test_parallel_runs_give_the_same_rows(tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
         {k: v for k, v in r.items() if k not in drop} for r in parallel
     ]
+
+
+def test_an_ablation_keeps_its_own_row_label():
+    from testtime.evolve import EvolveConfig
+    from testtime.evolve.compare import run_comparison
+    from testtime.llm.protocol import SamplingParams
+    from testtime.tasks import get_task
+
+    from .helpers import SeededFake
+
+    task = get_task("countdown")
+    instances = task.instances(seed=0, n=1, num_numbers=2)
+    methods = ["mind-evolution", "mind-evolution:no-critic"]
+    rows = run_comparison(
+        SeededFake(), task, instances, methods, seeds=[0], calls=4, params=SamplingParams(max_tokens=8),
+        config=EvolveConfig.tiny(),
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == methods
+    assert [s.method for s in summarize(rows)] == methods

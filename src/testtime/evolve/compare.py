@@ -83,7 +83,8 @@ def run_comparison(
             params=params,
             log_path=None if log_path is None else str(log_path),
         )
-        row = {"method": method, "instance": instance.id, "seed": seed, **result.summary()}
+        # the name asked for (``mind-evolution:no-critic``), not the search's class name
+        row = {**result.summary(), "method": method, "instance": instance.id, "seed": seed}
         if on_run is not None:
             on_run(row)
         return row
