@@ -85,6 +85,12 @@ SPECIFIC: dict[str, list[tuple[str, Build, float]]] = {
         ),
         ("another instance's reference", lambda t, a, b: b.reference or "", 0.5),
         ("prompt + another reference", lambda t, a, b: t.prompt(a) + "\n" + (b.reference or ""), 0.5),
+        (
+            "two days, one range",
+            lambda t, a, b: (a.reference or "").replace(": ", ": Friday or Thursday or ", 1),
+            0.0,
+        ),
+        ("one day, two ranges", lambda t, a, b: f"{a.reference} or 16:00 - 17:00", 0.0),
     ],
     "stegpoet": [
         ("prompt echoed", lambda t, a, b: t.prompt(a), 0.1),

@@ -740,6 +740,26 @@ class CalendarScheduling(Task):
                 feedback="No slot found: answer like 'Here is the proposed time: Monday, 14:30 - 15:30'.",
             )
         match = matches[-1]
+        # the proposal's line: several days before its times ("Tuesday or Monday, 9:00 - 9:30") or more
+        # than one range ("9:00 - 9:30 or 16:00 - 16:30") is a hedge, even without a second full slot
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        line_end = text.find("\n", match.end())
+        line = text[
+            max(line_start, marker) if marker < match.start() else line_start : len(text)
+            if line_end < 0
+            else line_end
+        ]
+        clock = re.compile(r"\d{1,2}:\d{2}")
+        first_time = clock.search(line)
+        days_named = {
+            d.lower()
+            for d in re.findall("|".join(DAYS), line[: first_time.start() if first_time else None], re.I)
+        }
+        times_named = {_parse_time(t) for t in clock.findall(line)}
+        if len(days_named) > 1 or len(times_named) > 2:
+            return Verdict(
+                score=0.0, solved=False, feedback="Propose exactly one slot (one day, one time range)."
+            )
         day = match.group(1).capitalize()
         start, end = _parse_time(match.group(2)), _parse_time(match.group(3))
         if start is None or end is None:
