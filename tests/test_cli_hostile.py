@@ -171,10 +171,15 @@ def _placeholder(path: list[str], param: Any, folder: Path) -> str:
     A wrongly accepted hostile value then fails later on this placeholder (an empty run folder, no model),
     which the sweep sees because the error does not name the hostile option.
     """
-    if param.name == "task":
+    if param.name in ("task", "task_name") or "--task" in getattr(param, "opts", ()):
         from testtime.tasks.base import list_tasks
 
-        return sorted(list_tasks())[0]
+        names = sorted(list_tasks())
+        return "countdown" if "countdown" in names else names[0]
+    if _kind(param) == "int":
+        return "1"
+    if _kind(param) == "float":
+        return "1.0"
     if param.name == "answer_file":
         answer = folder.parent / "answer.txt"
         answer.write_text("42\n")
