@@ -143,6 +143,11 @@ def test_tests_see_the_prompts_helpers_and_unpatched_modules() -> None:
             identity
             + "import random\nclass R(random.Random):\n    def _randbelow(self, n):\n        return 0\nrandom._inst.__class__ = R\n",
         ),
+        "module replaced in sys.modules": (
+            "HumanEval/32",
+            "    return 0.0\nimport sys, types\nfake = types.ModuleType('math')\nfake.fabs = lambda x: 0.0\n"
+            "fake.pow = lambda a, b: 1.0\nsys.modules['math'] = fake\n",
+        ),
         "code object swapped": (
             "HumanEval/38",
             identity + "import random\nrandom.Random.choice.__code__ = (lambda self, seq: '').__code__\n",

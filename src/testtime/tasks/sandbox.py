@@ -209,6 +209,8 @@ def _main():
             watched.append((mapping, owner, tuple(mapping), tuple(mapping.values())))
 
     type_of = type
+    registry = sys.modules
+    watch(registry, None)  # a module replaced there (sys.modules["math"] = fake) is put back too
     for module in list(sys.modules.values()):
         if type_of(getattr(module, "__dict__", None)) is dict:
             watch(module.__dict__, None)
@@ -250,8 +252,10 @@ def _main():
             if len(mapping) == len(keys) and all(map(is_, map(mapping.get, keys, repeat(missing)), values)):
                 continue
             old = dict(zip(keys, values))
-            # a submodule imported since (encodings.idna) stays: import does not bind it again
-            for key in [k for k in mapping if k not in old and type_of(mapping[k]) is not module_type]:
+            # a submodule imported since (encodings.idna) stays: import does not bind it again; in
+            # sys.modules nothing added stays (the next import loads it afresh)
+            strict = mapping is registry
+            for key in [k for k in mapping if k not in old and (strict or type_of(mapping[k]) is not module_type)]:
                 try:
                     delete_attribute(owner, key) if owner is not None else mapping.pop(key)
                 except BaseException:
