@@ -16,7 +16,8 @@ Two layers, the kernel's first (also in docs/tasks.md):
    before the untrusted code runs. The hook refuses sockets, process creation, signals, ``ctypes``, writes
    outside the directory, opening directories (no ``dir_fd`` tricks), reading ``/proc``, and every way of
    reaching interpreter frames (``sys._getframe``, ``tb_frame``/``gi_frame`` attribute reads, trace and
-   profile functions, ``gc`` walks), so the harness's own state is out of the program's reach.
+   profile functions, signal handlers, ``gc`` walks) or the tests' code (audit hooks of its own, which
+   would see it on ``exec``), so the harness's own state is out of the program's reach.
 
 Without bubblewrap (macOS, a locked-down container) only layer 2 runs, as an unprivileged user
 (``nobody``) when the library runs as root and the interpreter is readable by that user; a warning says
