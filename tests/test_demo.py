@@ -58,3 +58,13 @@ def test_an_unwritable_report_folder_is_a_user_error(tmp_path: Path, monkeypatch
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot create the report folder"):
         demo.run_demo(DemoContext(out_dir=blocker / "run"))
+
+
+def test_a_missing_model_stops_the_tour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testtime.errors import ModelNotFoundError
+
+    later = _part("B")
+    parts = [("a", _part("A", fails=ModelNotFoundError("GGUF file not found: x.gguf"))), ("b", later)]
+    monkeypatch.setattr(demo, "_available_parts", lambda: parts)
+    with pytest.raises(ModelNotFoundError):
+        demo.run_demo(DemoContext(out_dir=tmp_path / "run"))

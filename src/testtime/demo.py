@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from testtime.demo_base import DemoContext, DemoSection
-from testtime.errors import UserError
+from testtime.errors import ModelNotFoundError, UserError
 
 __all__ = ["DEMO_PARTS", "DemoContext", "DemoPartsFailed", "DemoSection", "register", "run_demo"]
 
@@ -77,7 +77,7 @@ def run_demo(ctx: DemoContext, *, only: list[str] | None = None) -> Path:
             start = time.perf_counter()
             try:
                 section = module.run(ctx)
-            except (UserError, KeyboardInterrupt):
+            except (UserError, ModelNotFoundError, KeyboardInterrupt):  # the user's to fix: stop
                 raise
             except Exception as exc:  # one part's failure must not lose the others' results
                 log = ctx.out_dir / f"{name}-error.txt"
@@ -167,6 +167,9 @@ def register(app: typer.Typer) -> None:
         """
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         ctx = DemoContext(out_dir=out / stamp, model_name=model, seed=seed, quick=quick)
+        from testtime.llm.loading import resolve_model
+
+        resolve_model(model)  # a missing model is one line now, not after the parts that need none
         try:
             report = run_demo(ctx, only=only or None)
         except DemoPartsFailed as exc:
