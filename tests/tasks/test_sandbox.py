@@ -151,6 +151,12 @@ def test_harness_patching_never_passes() -> None:
             "    if 'token' in frame.f_locals:\n        os.write(int(sys.argv[1]), frame.f_locals['token'])\n"
             "        os._exit(0)\n    frame = frame.f_back\n"
         ),
+        "patched builtins.len, then a frame walk": (
+            "import builtins, os, sys\nbuiltins.len = lambda x: 0\ntry:\n    raise ValueError\n"
+            "except ValueError as error:\n    frame = error.__traceback__.tb_frame\nwhile frame is not None:\n"
+            "    if 'token' in frame.f_locals:\n        os.write(int(sys.argv[1]), frame.f_locals['token'])\n"
+            "        os._exit(0)\n    frame = frame.f_back\ndef f(x):\n    return 0\n"
+        ),
         "fake token": "import os, sys\nos.write(int(sys.argv[1]), b'0' * 48)\nos._exit(0)\n",
         "guard globals": "import __main__\n__main__._main\n",
         "a thread left running (it could patch again what the harness restores)": (

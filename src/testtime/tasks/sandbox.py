@@ -79,6 +79,21 @@ _INSIDE = "/tmp/sandbox"  # where the run's directory appears under bubblewrap
 
 _GUARD = r"""
 def _main():
+    # Every builtin the harness uses, bound here before the program runs: a program that patches
+    # builtins.len (say) must not change what the hook or the restore computes.
+    import builtins as b
+
+    (
+        BaseException, Exception, FileNotFoundError, OSError, PermissionError, RuntimeError, TypeError,
+        ValueError, all, any, bool, bytes, callable, compile, complex, dict, exec, float, frozenset,
+        getattr, id, int, isinstance, len, list, map, object, open, set, str, tuple, type, zip
+    ) = (
+        b.BaseException, b.Exception, b.FileNotFoundError, b.OSError, b.PermissionError, b.RuntimeError,
+        b.TypeError, b.ValueError, b.all, b.any, b.bool, b.bytes, b.callable, b.compile, b.complex, b.dict,
+        b.exec, b.float, b.frozenset, b.getattr, b.id, b.int, b.isinstance, b.len, b.list, b.map, b.object,
+        b.open, b.set, b.str, b.tuple, b.type, b.zip
+    )
+    del b
     import os, sys
 
     def make_hook():
