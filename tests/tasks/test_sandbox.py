@@ -299,3 +299,32 @@ def test_ordinary_solutions_still_pass_the_restore() -> None:
     for label, source in solutions.items():
         result = run_tests(source, tests, "f", **LIMITS)
         assert result.status == "passed", (label, result.stderr[-300:])
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "fallback"] if BWRAP else ["fallback"])
+def test_the_hook_resolves_paths_itself(isolation: str) -> None:
+    """A world-writable directory outside: in the fallback only the hook stands between the program and it,
+    and the hook must not trust os.path.realpath (module globals the program can replace) or a str
+    subclass (methods the program defines)."""
+    base = Path("/var/tmp")
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        pytest.skip("needs a writable /var/tmp")
+    target = base / f"testtime-escaped-{uuid.uuid4().hex[:8]}"
+    programs = {
+        "patched realpath": (
+            "import os, posixpath\nroot = os.getcwd()\n"
+            "posixpath._joinrealpath = lambda path, rest, strict, seen: (root + '/ok.txt', True)\n"
+            f"open({str(target)!r}, 'w').write('x')\n"
+        ),
+        "str subclass": (
+            "class S(str):\n    def startswith(self, *args):\n        return True\n"
+            f"open(S({str(target)!r}), 'w').write('x')\n"
+        ),
+    }
+    try:
+        for label, source in programs.items():
+            result = run_python(source, isolation=isolation, **LIMITS)
+            assert result.status == "failed" and not target.exists(), label
+    finally:
+        if target.exists():
+            target.unlink()

@@ -98,8 +98,45 @@ def _main():
 
     def make_hook():
         # Everything the hook needs is captured here, so the program cannot patch it through module globals.
-        root = os.path.realpath(os.getcwd())
-        realpath, fsdecode, isdir, sep, pathlike = os.path.realpath, os.fsdecode, os.path.isdir, os.sep, os.PathLike
+        # Paths are resolved here with C functions only (os.lstat, os.readlink, os.stat): os.path.realpath
+        # reads module globals (posixpath._joinrealpath) a program could replace before opening a file.
+        lstat, readlink, stat, start = os.lstat, os.readlink, os.stat, os.getcwd()
+        sep, kind_mask, link_kind, dir_kind = "/", 0o170000, 0o120000, 0o040000
+
+        def realpath(path):
+            parts = [p for p in (path if path.startswith(sep) else start + sep + path).split(sep) if p and p != "."]
+            resolved, links = [], 0
+            while parts:
+                part = parts.pop(0)
+                if part == "..":
+                    if resolved:
+                        resolved.pop()
+                    continue
+                candidate = sep + sep.join(resolved + [part])
+                try:
+                    mode = lstat(candidate).st_mode
+                except OSError:
+                    resolved.append(part)
+                    continue
+                if mode & kind_mask == link_kind:
+                    links += 1
+                    if links > 40:
+                        raise OSError("too many symbolic links")
+                    target = readlink(candidate)
+                    if target.startswith(sep):
+                        resolved = []
+                    parts = [p for p in target.split(sep) if p and p != "."] + parts
+                else:
+                    resolved.append(part)
+            return sep + sep.join(resolved)
+
+        def isdir(path):
+            try:
+                return stat(path).st_mode & kind_mask == dir_kind
+            except OSError:
+                return False
+
+        root = realpath(start)
         blocked = frozenset((
             "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
             "os.killpg", "os.startfile", "subprocess.Popen", "pty.spawn", "socket.__new__", "socket.connect",
@@ -127,13 +164,20 @@ def _main():
         internals = frozenset(("__code__", "__defaults__", "__kwdefaults__", "__class__", "__bases__"))
 
         def resolve(path):
+            # exactly str or bytes: a subclass, or a PathLike whose __fspath__ answers differently the
+            # second time (when the file is really opened), could show the hook another path
+            kind = type(path)
+            if kind is bytes:
+                path = path.decode("utf-8", "surrogateescape")
+            elif kind is not str:
+                return None
             try:
-                return realpath(fsdecode(path))
+                return realpath(path)
             except BaseException:
                 return None
 
         def inside(path):
-            if isinstance(path, int):
+            if type(path) is int:
                 return True  # an already open descriptor
             real = resolve(path)
             return real is not None and (real == root or real.startswith(root + sep))
@@ -145,7 +189,7 @@ def _main():
                 raise PermissionError("sandbox: reading " + str(args[1]) + " is not allowed")
             if event == "open":
                 path, mode, flags = (tuple(args) + (None, None, None))[:3]
-                if path is None or isinstance(path, int):
+                if path is None or type(path) is int:
                     return
                 writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                     isinstance(flags, int) and flags & write_flags
@@ -153,7 +197,9 @@ def _main():
                 if writing and not inside(path):
                     raise PermissionError("sandbox: writing outside the sandbox directory is not allowed")
                 real = resolve(path)
-                if real is None or real == "/proc" or real.startswith("/proc/"):
+                if real is None:
+                    raise PermissionError("sandbox: open() needs a plain str or bytes path")
+                if real == "/proc" or real.startswith("/proc/"):
                     raise PermissionError("sandbox: reading /proc is not allowed")
                 if any(real == h or real.startswith(h + sep) for h in hidden):
                     raise PermissionError("sandbox: reading " + real + " is not allowed")
@@ -161,7 +207,9 @@ def _main():
                     raise PermissionError("sandbox: opening a directory is not allowed")
             elif event in path_events:
                 for arg in args:
-                    if isinstance(arg, (str, bytes, pathlike)) and not inside(arg):
+                    if arg is None or type(arg) in (int, bool, tuple):  # modes, descriptors, times
+                        continue
+                    if not inside(arg):
                         raise PermissionError("sandbox: " + event + " outside the sandbox directory is not allowed")
             elif event == "import" and args and args[0] in blocked_modules:
                 raise PermissionError("sandbox: importing " + str(args[0]) + " is not allowed")
