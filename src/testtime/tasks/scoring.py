@@ -112,18 +112,15 @@ class TransformersScorer:
     ) -> list[ContinuationScore]:
         """Prompt once (KV cache), then batches of continuations attending to the repeated cache."""
         import copy
-        import inspect
 
         import torch
+
+        from testtime.llm.compat import cache_kwargs, returned_cache
 
         with torch.no_grad():
             prompt_out = self.model(input_ids=torch.tensor([context], device=device), use_cache=True)
         first = torch.log_softmax(prompt_out.logits[0, -1].double(), dim=-1)  # (V,) predicts token 0
-        # transformers 5.x names the cache argument and output field ``cache``; 4.x ``past_key_values``.
-        cache_name = (
-            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        )
-        cache = getattr(prompt_out, cache_name)
+        cache = returned_cache(prompt_out)
         length = len(context)
         out: list[ContinuationScore] = []
         for start in range(0, len(encoded), self.batch_size):
@@ -143,7 +140,7 @@ class TransformersScorer:
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
                     position_ids=positions.to(device),
-                    **{cache_name: repeated},
+                    **cache_kwargs(self.model, repeated),
                     use_cache=True,
                 ).logits
             logprobs = torch.log_softmax(logits.double(), dim=-1)  # (B, width, V): position j predicts j + 1
