@@ -261,6 +261,8 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
     out: dict[str, Any] = {"rows": []}
     targets = [("arc-challenge", ["prompt", *with_b, "few-shot"])]
     targets += [(name, ["prompt", *with_b]) for name in TASKS]
+    if args.adapt_targets:
+        targets = [t for t in targets if t[0] in args.adapt_targets]
     lora = _lora_policy(args, tokenizer)
     for name, strategies in targets:
         task, items = _instances(name, "test", args.num_adapt, 2000)
@@ -283,7 +285,8 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
 
 def _load_all(phase: str) -> list[dict[str, Any]]:
     """Every results file of a phase (all tags), oldest name first."""
-    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{phase}*.json"))]
+    paths = sorted(RESULTS.glob(f"{phase}*.json"), key=lambda p: (p.stem != phase, p.name))  # untagged first
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def _fmt(row: dict[str, Any]) -> str:
@@ -299,7 +302,8 @@ def phase_summary(args: argparse.Namespace, *_: Any) -> None:
         lines += ["## Experts", "", "| task | method | seed | val before | best val | steps | seconds | params |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in runs:
-            lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {r['base_val']:.2f} | {r['best_val']:.2f} "
+            val = " | ".join("-" if math.isnan(v) else f"{v:.2f}" for v in (r["base_val"], r["best_val"]))
+            lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {val} "
                          f"| {r['steps']} | {r['seconds']:.0f} | {r['params']:,} |")  # fmt: skip
         lines.append("")
     rows = [row for data in _load_all("matrix") for row in data["rows"]]
@@ -389,6 +393,7 @@ def main() -> None:
         default=0.25,
         help="validation share for early stopping (0: keep the last)",
     )
+    parser.add_argument("--adapt-targets", nargs="*", default=None, help="adapt: only these targets")
     parser.add_argument("--force", action="store_true")
     parser.add_argument(
         "--no-base", action="store_true", help="matrix: skip the base rows (another seed's run)"
