@@ -69,6 +69,18 @@ def candidate_stats(task_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of ``path`` (if any) with ``rows`` replacing those of the same (task, method, instance,
+    seed); new rows last."""
+
+    def key(row: dict) -> tuple:
+        return row["task"], row["method"], row["instance"], row["seed"]
+
+    old = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    fresh = {key(r) for r in rows}
+    return [r for r in old if key(r) not in fresh] + list(rows)
+
+
 def write_report(out: Path, name: str, rows: list[dict], calls: int) -> str:
     """OUT/<name>.md (the success and cost table, then every candidate's statistics) and OUT/<name>.png
     (success against budget) for one task's rows; returns the markdown."""
@@ -131,7 +143,6 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    all_rows, sections = [], []
     for name, knobs in parse_tasks(args.tasks):
         task = get_task(name)
         instances = task.instances(seed=0, n=args.num_instances, **knobs)
@@ -159,10 +170,12 @@ def main() -> None:
         )
         for row in rows:
             row.update(task=name, knobs=knobs)
-        all_rows += rows
-        text = write_report(out, name, rows, args.max_calls)
+        # merged with the rows of earlier invocations (other methods, seeds or instances) in OUT/runs.jsonl
+        all_rows = merge_rows(out / "runs.jsonl", rows)
+        text = write_report(out, name, [r for r in all_rows if r["task"] == name], args.max_calls)
         minutes = (time.perf_counter() - start) / 60
-        sections.append(f"### {text}\n\n({minutes:.0f} min)\n")
+        with open(out / f"{name}.md", "a") as handle:
+            handle.write(f"\n({minutes:.0f} min for {', '.join(methods)}; load average {load})\n")
         print(f"\n{text}\n", flush=True)
         # written after every task, so a long experiment cut short keeps what it finished
         with open(out / "runs.jsonl", "w") as handle:
@@ -170,9 +183,13 @@ def main() -> None:
                 handle.write(json.dumps(row) + "\n")
         header = (
             f"backend {args.backend}, model {args.model or 'embedded SmolLM2-135M'}, temperature "
-            f"{args.temperature}, {args.max_new_tokens} tokens per answer, preset {args.preset}, "
-            f"seeds {seeds}, load average at start {load}\n\n"
+            f"{args.temperature}, {args.max_new_tokens} tokens per answer, preset {args.preset} (the last "
+            f"invocation's settings; each task's title gives its instances, seeds and call budget)\n\n"
         )
+        tasks = dict.fromkeys(r["task"] for r in all_rows)
+        sections = [
+            f"### {(out / f'{task}.md').read_text()}" for task in tasks if (out / f"{task}.md").exists()
+        ]
         (out / "summary.md").write_text(header + "\n".join(sections))
 
 
