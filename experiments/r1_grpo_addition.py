@@ -16,7 +16,12 @@ Honest scale: tens of GRPO steps on two shared CPU cores, against R1's thousands
 What it can show: whether the reward and the held-out accuracy move for this model and budget. What it
 cannot show: long-chain-of-thought emergence, response-length growth, or anything about larger models.
 
+With ``--prompt-style short`` the question asks for the number alone (greedy base accuracy about 0.3
+instead of 0.03, and 12 new tokens suffice); the measured run and its reading are in
+experiments/r1_grpo_addition/README.md.
+
 Usage: python experiments/r1_grpo_addition.py [--steps 20] [--seeds 0 1] [--test 100] [--threads 1]
+    [--prompt-style task|short] [--temperature 1.0] [--max-new-tokens 48] [--eval-tokens 64]
 """
 
 from __future__ import annotations
@@ -56,15 +61,26 @@ def additions(split: str, count: int, seed: int) -> list:
     return out
 
 
-def greedy_accuracy(llm, task, instances, max_tokens: int) -> tuple[int, list[str]]:
+def make_prompt(task, instance, style: str):
+    """``task``: the arithmetic task's own prompt (work step by step, end with 'The answer is N.');
+    ``short``: ask for the number alone (the base model answers more of these greedily, and 12 tokens do)."""
     from testtime.rl.sft import prompt_for
 
-    out = llm.generate([prompt_for(task, i, "chat") for i in instances], temperature=0, max_tokens=max_tokens)
+    if style == "short":
+        expression = instance.data["expression"]
+        return [{"role": "user", "content": f"What is {expression}? Reply with just the number."}]
+    return prompt_for(task, instance, "chat")
+
+
+def greedy_accuracy(llm, task, instances, max_tokens: int, style: str = "task") -> tuple[int, list[str]]:
+    prompts = [make_prompt(task, i, style) for i in instances]
+    out = llm.generate(prompts, temperature=0, max_tokens=max_tokens)
     texts = [choices[0].text for choices in out]
     return sum(task.verify(i, t).solved for i, t in zip(instances, texts, strict=True)), texts
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -76,14 +92,17 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompt-style", choices=["task", "short"], default="task")
+    parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature.")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    OUT = args.out
     torch.set_num_threads(args.threads)
 
     from testtime.llm.loading import load_model
     from testtime.llm.local import LocalLLM
     from testtime.rl.eval import wilson_interval
     from testtime.rl.rewards import accuracy_reward
-    from testtime.rl.sft import prompt_for
     from testtime.rl.trainer import GRPOConfig, GRPOTrainer
     from testtime.tasks.base import get_task
 
@@ -94,11 +113,11 @@ def main() -> None:
     test = additions("test", args.test, 0)
     base_llm = LocalLLM(base, tokenizer, num_threads=args.threads)
     start = time.perf_counter()
-    base_hits, _ = greedy_accuracy(base_llm, task, test, args.eval_tokens)
+    base_hits, _ = greedy_accuracy(base_llm, task, test, args.eval_tokens, args.prompt_style)
     base_llm.close()
     print(f"base: {base_hits}/{len(test)} held-out ({time.perf_counter() - start:.0f} s)", flush=True)
     results = {
-        "config": vars(args),
+        "config": {**vars(args), "out": str(args.out)},
         "base": {"hits": base_hits, "n": len(test), "ci": wilson_interval(base_hits, len(test))},
         "runs": [],
         "load_average_start": os.getloadavg(),
@@ -107,12 +126,14 @@ def main() -> None:
         model = copy.deepcopy(base)
         llm = LocalLLM(model, tokenizer, num_threads=args.threads)
         train = additions("train", args.train, seed)
-        dataset = [{"prompt": prompt_for(task, i, "chat"), "instance": i.to_dict()} for i in train]
+        dataset = [
+            {"prompt": make_prompt(task, i, args.prompt_style), "instance": i.to_dict()} for i in train
+        ]
         config = GRPOConfig(
             num_generations=args.group,
             prompts_per_step=args.prompts_per_step,
             max_completion_length=args.max_new_tokens,
-            temperature=1.0,
+            temperature=args.temperature,
             loss_type="grpo",
             beta=0.0,
             learning_rate=args.lr,
@@ -133,7 +154,7 @@ def main() -> None:
         start = time.perf_counter()
         history = trainer.train(resume=False)
         train_seconds = time.perf_counter() - start
-        hits, texts = greedy_accuracy(llm, task, test, args.eval_tokens)
+        hits, texts = greedy_accuracy(llm, task, test, args.eval_tokens, args.prompt_style)
         llm.close()
         shutil.rmtree(OUT / f"run_seed{seed}" / "checkpoints", ignore_errors=True)  # 135M weights: not kept
         run = {
