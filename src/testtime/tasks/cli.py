@@ -201,10 +201,10 @@ def audit_command(
     (look for answers that score without solving the problem)."""
     from testtime.tasks.parsing import excerpt
 
-    if chars < 20:
-        raise UserError(f"--chars must be at least 20, got {chars}")
-    if not math.isfinite(min_score):
-        raise UserError(f"--min-score must be a finite number, got {min_score}")
+    if not 20 <= chars <= 1_000_000:
+        raise UserError(f"--chars must be between 20 and 1000000, got {chars}")
+    if not (math.isfinite(min_score) and 0.0 <= min_score < 1.0):
+        raise UserError(f"--min-score must be in [0, 1) (scores lie in [0, 1]), got {min_score}")
     total = rewarded = solved = 0
     for number, task, instance, text in _audit_rows(completions):
         total += 1
