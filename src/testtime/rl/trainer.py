@@ -290,8 +290,15 @@ class GRPOTrainer:
                 params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
             )
         else:
+            # The fused kernel (CPU and CUDA) is ~8x faster than torch's per-tensor default on CPU: 0.15 s vs
+            # 1.27 s per step for SmolLM2-135M at 1 thread, a tenth of a GRPO step (docs/benchmarks/grpo_step.md).
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
             self.optimizer = torch.optim.AdamW(
-                params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+                params,
+                lr=cfg.learning_rate,
+                betas=cfg.adam_betas,
+                weight_decay=cfg.weight_decay,
+                fused=fused or None,
             )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
