@@ -17,7 +17,7 @@ def test_llm_generate_json(tiny_llama_dir, capsys):
                 "generate",
                 "--model",
                 str(tiny_llama_dir),
-                "--max-tokens",
+                "--max-new-tokens",
                 "5",
                 "--json",
                 "-n",

@@ -78,7 +78,7 @@ def test_stages_run_end_to_end(tmp_path, tiny_llama_dir):
             "--raw",
             "--model",
             str(tmp_path / "grpo" / "policy"),
-            "--max-tokens",
+            "--max-new-tokens",
             "3",
         ],
     )

@@ -73,7 +73,7 @@ def _llm_generate(folder: Path) -> str:
     result = CliRunner().invoke(
         app,
         ["llm", "generate", "--model", str(folder), "--raw", PROMPT, "--temperature", "0"]
-        + ["--max-tokens", str(NEW), "--json"],
+        + ["--max-new-tokens", str(NEW), "--json"],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

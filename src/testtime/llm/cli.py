@@ -8,6 +8,7 @@ import time
 
 import typer
 
+from testtime import cli_options
 from testtime.errors import UserError
 
 __all__ = ["register"]
@@ -28,6 +29,9 @@ def _dtype(name: str):
     if name.lower() not in table:
         raise UserError(f"--dtype must be fp32 or bf16, got {name!r}")
     return table[name.lower()]
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def register(app: typer.Typer) -> None:
@@ -87,8 +91,18 @@ def register(app: typer.Typer) -> None:
         if not 0 < port < 65536:
             raise UserError(f"--port must be in 1..65535, got {port}")
         start = time.perf_counter()
-        if threads is not None and threads < 1:
-            raise UserError("--threads must be >= 1")
+        if threads is not None and not 1 <= threads <= 1024:
+            raise UserError(f"--threads must be in 1..1024, got {threads}")
+        if log_level not in _LOG_LEVELS:
+            raise UserError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+        for flag, value, most in (
+            ("--max-batch-size", max_batch_size, 100_000),
+            ("--max-kv-tokens", max_kv_tokens, 1_000_000_000),
+            ("--max-tokens-limit", max_tokens_limit, 10_000_000),
+            ("--max-prompt-tokens", max_prompt_tokens, 10_000_000),
+        ):
+            if value is not None and value > most:
+                raise UserError(f"{flag} must be at most {most}, got {value}")
         if batching not in ("continuous", "static"):
             raise UserError(f"--batching must be continuous or static, got {batching!r}")
         if max_batch_size < 1:
@@ -133,19 +147,30 @@ def register(app: typer.Typer) -> None:
         prompts: list[str] = typer.Argument(..., help="Prompts (each a user message unless --raw)."),
         model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
         raw: bool = typer.Option(False, "--raw", help="Send prompts as raw text, without the chat template."),
-        n: int = typer.Option(1, "--n", "-n", help="Completions per prompt."),
-        temperature: float = typer.Option(
-            0.0, "--temperature", "-t", help="Softmax temperature; 0 is greedy."
+        n: int = typer.Option(
+            cli_options.NUM_SAMPLES,
+            "--num-samples",
+            "-n",
+            "--n",
+            min=1,
+            max=10_000,
+            help="Completions per prompt (--n: the older name).",
         ),
-        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
-        max_tokens: int = typer.Option(128, "--max-tokens", help="Most tokens per completion."),
-        seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
+        temperature: float = cli_options.temperature_option(),
+        top_p: float = cli_options.top_p_option(),
+        max_tokens: int = typer.Option(
+            cli_options.MAX_NEW_TOKENS,
+            "--max-new-tokens",
+            "--max-tokens",
+            min=1,
+            max=1_000_000,
+            help="Tokens generated per completion at most (--max-tokens: the older name).",
+        ),
+        seed: int = cli_options.seed_option(None, "Seed of every random draw (default: unseeded)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object per completion."),
-        threads: int = typer.Option(
-            None, "--threads", help="torch threads while generating (1 is best on oversubscribed cores)."
-        ),
+        threads: int = cli_options.threads_option(),
         dtype: str = typer.Option("fp32", "--dtype", help="Weights: fp32 or bf16."),
-        top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
+        top_k: int = cli_options.top_k_option(),
     ) -> None:
         """Complete prompts with the local engine, batched, and print the answers with the throughput."""
         from testtime.llm.local import LocalLLM
