@@ -182,8 +182,6 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        if threads is not None and threads < 1:
-            raise UserError("--threads must be >= 1")
         llm = LocalLLM.from_name(model, num_threads=threads, dtype=_dtype(dtype))
         batch = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
         out = llm.generate(batch, params)
