@@ -4,7 +4,8 @@ Evolutionary search over whole LLM answers scored by a programmatic evaluator: i
 Boltzmann parent selection, Refinement through Critical Conversation, migration, island resets (see
 :mod:`testtime.evolve.mind_evolution`); 1-Pass, Best-of-N and Sequential-Revision+ at equal budget
 (:mod:`testtime.evolve.baselines`); Table 2-style cost accounting and caps (:mod:`testtime.evolve.cost`);
-resumable JSONL logs with lineage (:mod:`testtime.evolve.log`). Any ``testtime.tasks`` task or a function
+resumable JSONL logs with lineage (:mod:`testtime.evolve.log`); the paper's two-stage search, a second model on
+what the first left unsolved (:mod:`testtime.evolve.two_stage`). Any ``testtime.tasks`` task or a function
 ``answer -> (score, feedback, solved)`` is the evaluator. See docs/evolve.md.
 """
 
@@ -19,6 +20,7 @@ from testtime.evolve.core import Candidate, RunResult, evaluate_safely, task_eva
 from testtime.evolve.cost import Budget, Cost, interval_union
 from testtime.evolve.log import canonical, lineage, read_log, render_lineage
 from testtime.evolve.mind_evolution import MindEvolution
+from testtime.evolve.two_stage import TwoStage, TwoStageResult
 
 __all__ = [
     "ABLATIONS",
@@ -32,6 +34,8 @@ __all__ = [
     "OnePass",
     "RunResult",
     "SequentialRevision",
+    "TwoStage",
+    "TwoStageResult",
     "canonical",
     "evaluate_safely",
     "interval_union",

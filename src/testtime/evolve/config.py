@@ -1,8 +1,9 @@
 """Mind Evolution's hyperparameters (Lee et al., arXiv 2501.09891, Table 1) and the open details as options.
 
 Every field cites the paper where the paper fixes it; fields the paper leaves open say so and give the
-choice made here (also listed in docs/fidelity/evolve.md). Presets: :meth:`EvolveConfig.paper` (Table 1),
-:meth:`EvolveConfig.gemini_pro` (the second stage of the paper's two-stage Flash -> Pro runs),
+choice made here (also listed in docs/fidelity/evolve.md). Presets: :meth:`EvolveConfig.paper` (Table 1,
+the Gemini 1.5 Flash runs), :meth:`EvolveConfig.gemini_pro` (§4 "Models": the Gemini 1.5 Pro runs of the
+paper's two-stage Flash -> Pro search, Table 1 with N_convs 8, N_seq 3, N_parent 10, Pr_no_parents 1/5),
 :meth:`EvolveConfig.tiny` (a miniature for small local models and tests), and the Table 4 ablations via
 :meth:`EvolveConfig.ablation`.
 """
@@ -43,7 +44,12 @@ class EvolveConfig:
         1 / 6, "Pr_no_parents: probability that a conversation starts without parents (Table 1: 1/6)."
     )
     num_emigrate: int = _f(5, "N_emigrate: top candidates copied to the next island (Table 1: 5).")
-    num_retries: int = _f(5, "N_retries: retries of a failed LLM call (Table 1: 5).")
+    num_retries: int = _f(
+        5,
+        "N_retries: retries of a failed or empty LLM call (Table 1: 5, 'how many times to try to generate a "
+        "plan before giving up at each turn'); here they follow the first try, so a call is tried at most "
+        "1 + N_retries times.",
+    )
     # -- details the paper leaves open -------------------------------------------------------------------
     selection_temperature: float = _f(
         0.1,
@@ -62,11 +68,15 @@ class EvolveConfig:
         "'migrants' lets islands 2..N select parents from the migrants they received.",
     )
     deduplicate: bool = _f(
-        False,
-        "Drop a candidate whose answer text equals one already in the island (paper silent; it is still "
-        "logged and counted).",
+        True,
+        "Do not add a candidate whose answer text equals one already in the island (§3.2: children join "
+        "the island 'with duplicate solutions removed'); it is still logged and counted.",
     )
-    early_stop: bool = _f(True, "Stop when a candidate is solved (paper: 'until a solution is found').")
+    early_stop: bool = _f(
+        True,
+        "Stop when a candidate is solved (§3.2: until a valid solution is found). The paper's Meeting "
+        "Planning runs (§4.3) have no known optimum and run to N_gens: early_stop=False.",
+    )
     # -- Table 4 ablation switches --------------------------------------------------------------------------
     critic: bool = _f(True, "RCC's critic turn (Table 4 'critic'); False: the author only.")
     textual_feedback: bool = _f(
@@ -131,17 +141,20 @@ class EvolveConfig:
 
     @classmethod
     def gemini_pro(cls, **changes: Any) -> EvolveConfig:
-        """The Gemini 1.5 Pro runs (the second stage of the paper's two-stage Flash -> Pro search, §4):
-        problems the Flash search leaves unsolved are searched again with Pro. The model is the backend's
-        choice (``--model``). The override values of the Pro runs could not be checked against the paper's
-        text in this project (see docs/fidelity/evolve.md); this preset keeps Table 1's values, so a user
-        who knows them passes them as ``changes`` (or CLI ``--set KEY=VALUE``)."""
-        return cls(**changes)
+        """The Gemini 1.5 Pro runs of the paper's two-stage search (§4, "Models"): Table 1 with N_convs 8,
+        N_seq 3, N_parent 10 and Pr_no_parents 1/5 (at most 10 x 4 x 8 x 3 = 960 candidates). The paper
+        runs them on the problems its Gemini 1.5 Flash search (Table 1) leaves unsolved within N_gens
+        generations, the "(+pro)" rows of Tables 2 and 6 (:class:`testtime.evolve.TwoStage`). The model is
+        the backend's choice (``--model``)."""
+        base = dict(num_conversations=8, num_turns=3, num_parents=10, prob_no_parents=1 / 5)
+        return cls(**{**base, **changes})
 
     @classmethod
     def tiny(cls, **changes: Any) -> EvolveConfig:
         """A miniature for small local models and tests: 2 generations x 2 islands x 2 conversations x 2
-        turns (16 candidates), resets every generation of 1 island, 2 elites from 4, 2 parents, 2 migrants."""
+        turns (16 candidates), resets every generation of 1 island, 2 elites from 4, 2 parents, 2 migrants.
+        It keeps duplicate answers in an island (``deduplicate=False``), as the recorded runs of
+        experiments/evolve_mini did, so their logs still resume."""
         base = dict(
             num_generations=2,
             num_islands=2,
@@ -154,6 +167,7 @@ class EvolveConfig:
             num_parents=2,
             num_emigrate=2,
             num_retries=1,
+            deduplicate=False,
         )
         return cls(**{**base, **changes})
 
