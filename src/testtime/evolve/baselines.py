@@ -1,5 +1,5 @@
-"""The paper's baselines (Lee et al., arXiv 2501.09891, §4.1), run through the same session, budget and log
-as Mind Evolution so that every method is compared at equal cost:
+"""The paper's baselines (Lee et al., arXiv 2501.09891, §4, "Baselines"), run through the same session,
+budget and log as Mind Evolution so that every method is compared at equal cost:
 
 - **1-Pass**: one answer to the problem.
 - **Best-of-N**: up to N independent answers to the problem (the paper: N = 800, the most candidates Mind

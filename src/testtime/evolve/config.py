@@ -46,9 +46,9 @@ class EvolveConfig:
     num_emigrate: int = _f(5, "N_emigrate: top candidates copied to the next island (Table 1: 5).")
     num_retries: int = _f(
         5,
-        "N_retries: retries of a failed or empty LLM call (Table 1: 5, 'how many times to try to generate a "
-        "plan before giving up at each turn'); here they follow the first try, so a call is tried at most "
-        "1 + N_retries times.",
+        "N_retries: retries of a failed or empty LLM call (Table 1: 5, which it describes as the tries of a "
+        "turn before giving up); here they follow the first try, so a call is tried at most 1 + N_retries "
+        "times.",
     )
     # -- details the paper leaves open -------------------------------------------------------------------
     selection_temperature: float = _f(
@@ -69,8 +69,8 @@ class EvolveConfig:
     )
     deduplicate: bool = _f(
         True,
-        "Do not add a candidate whose answer text equals one already in the island (§3.2: children join "
-        "the island 'with duplicate solutions removed'); it is still logged and counted.",
+        "Do not add a candidate whose answer text equals one already in the island (§3.2: duplicates are "
+        "removed when a generation's children join the island); it is still logged and counted.",
     )
     early_stop: bool = _f(
         True,
@@ -136,7 +136,7 @@ class EvolveConfig:
     # -- presets ------------------------------------------------------------------------------------------------
     @classmethod
     def paper(cls, **changes: Any) -> EvolveConfig:
-        """Table 1 of the paper (Gemini 1.5 Flash runs)."""
+        """Table 1 of the paper (its Gemini 1.5 Flash runs, §4 "Models"), duplicates removed (§3.2)."""
         return cls(**changes)
 
     @classmethod

@@ -13,10 +13,10 @@ One run (Algorithm in §3, settings :class:`~testtime.evolve.config.EvolveConfig
     analyses the parents or the last proposal with the evaluator's feedback, an author proposes a
     refined solution (:mod:`testtime.evolve.prompts`); every proposal is a candidate, scored and added to
     the island;
-  - migration (§3.3): the island's top N_emigrate candidates are copied into island i + 1 (the last island's
+  - migration (§3.2): the island's top N_emigrate candidates are copied into island i + 1 (the last island's
     into the first, for the next generation), *before* island i + 1 evolves;
 
-- every N_reset_interval generations the N_reset islands with the lowest mean score are reset (§3.3): their
+- every N_reset_interval generations the N_reset islands with the lowest mean score are reset (§3.2): their
   population is replaced by N_top elites chosen by the LLM, for quality and diversity, among the global top
   N_candidate (option ``llm_reset``; else the plain top N_top);
 - the run stops at the first solved candidate (``early_stop``), when the budget is spent, or after N_gens.
@@ -66,7 +66,7 @@ DEFAULT_PARAMS = SamplingParams(temperature=1.0, max_tokens=512)
 
 # -- pure pieces -----------------------------------------------------------------------------------------------
 def boltzmann_probabilities(scores: Sequence[float], temperature: float) -> list[float]:
-    """Boltzmann (softmax) selection probabilities, P(i) = exp(s_i / T) / sum_j exp(s_j / T) (§3.3).
+    """Boltzmann (softmax) selection probabilities, P(i) = exp(s_i / T) / sum_j exp(s_j / T) (§3.2).
 
     Args:
         scores: fitness of each candidate, shape (n,).
@@ -329,7 +329,7 @@ class MindEvolution:
 
 def migrate(islands: list[list[Candidate]], source: int, count: int) -> list[Candidate]:
     """Copy the ``count`` best candidates of island ``source`` into the next island (cyclically), skipping
-    those already there; returns the migrants (§3.3)."""
+    those already there; returns the migrants (§3.2)."""
     target = (source + 1) % len(islands)
     present = {c.id for c in islands[target]}
     migrants = [c for c in top_candidates(islands[source], count) if c.id not in present]

@@ -149,7 +149,7 @@ def plain_messages(problem: str) -> list[Message]:
 def reset_selection_messages(
     problem: str, candidates: Sequence[Parent], num_top: int, *, max_chars: int = 2000
 ) -> list[Message]:
-    """Ask the LLM to choose ``num_top`` good and mutually different candidates for an island reset (§3.3)."""
+    """Ask the LLM to choose ``num_top`` good and mutually different candidates for an island reset (§3.2)."""
     blocks = [f"Problem:\n{problem.strip()}", "Candidate solutions:"]
     for index, cand in enumerate(candidates, 1):
         blocks.append(f"Candidate {index} (score {cand.score:.2f}):\n{_cut(cand.answer, max_chars)}")
