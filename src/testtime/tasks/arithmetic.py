@@ -29,7 +29,14 @@ from fractions import Fraction
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict
-from testtime.tasks.parsing import after_answer_marker, excerpt, hedged, last_number, strip_thinking
+from testtime.tasks.parsing import (
+    after_answer_marker,
+    excerpt,
+    hedged,
+    last_number,
+    read_number,
+    strip_thinking,
+)
 from testtime.tasks.safe_math import ExpressionError, Limits, normalize_operators, parse_expression
 
 __all__ = ["Arithmetic", "Countdown", "extract_expression", "solve_countdown"]
@@ -276,11 +283,12 @@ class Arithmetic(Task):
                 feedback=f"The answer states several results ({first} ... {last}); give one number.",
                 details={"answer": excerpt(segment, 200)},
             )
-        try:
-            value = Fraction(found)
-        except (ValueError, ZeroDivisionError):
+        value = read_number(found)
+        if value is None:  # "4,37" (a decimal comma or a broken thousands group), "437½", "437²"
             return Verdict(
-                score=0.0, solved=False, feedback=f"Could not read {excerpt(found)!r} as a number."
+                score=0.0,
+                solved=False,
+                feedback=f"Could not read {excerpt(found)!r} as one number; write it like 1234 or 1,234.",
             )
         if value == gold:
             return Verdict(

@@ -16,12 +16,11 @@ import gzip
 import json
 import threading
 from collections.abc import Mapping
-from fractions import Fraction
 from importlib import resources
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
-from testtime.tasks.parsing import excerpt, hedged, last_number, strip_thinking
+from testtime.tasks.parsing import excerpt, hedged, last_number, read_number, strip_thinking
 
 __all__ = ["GSM8K", "gold_answer", "answers_match"]
 
@@ -41,12 +40,8 @@ def gold_answer(solution: str) -> str:
 
 
 def _exact(found: str | None, gold: str) -> bool:
-    if found is None:
-        return False
-    try:
-        return Fraction(found) == Fraction(gold)
-    except (ValueError, ZeroDivisionError):
-        return False
+    value = None if found is None else read_number(found)
+    return value is not None and value == read_number(gold)
 
 
 def answers_match(answer: str, gold: str) -> tuple[bool, str | None]:

@@ -1,0 +1,129 @@
+"""Answers written to game a verifier without solving the problem, and the legitimate phrasings next to them.
+
+Each verifier is a reward: an answer that scores without solving teaches RL and search to write it. These
+cases were found by attacking each task (hedges, duplicate fields, number-format tricks, invisible
+characters, stated costs); every one scored before its fix. The legitimate phrasings beside them must keep
+passing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testtime.tasks import Instance, get_task
+from testtime.tasks.parsing import extract_json, find_json, hedged, last_number, read_number
+
+
+def _arithmetic(gold: int) -> Instance:
+    return Instance(task="arithmetic", id="x", data={"expression": "?", "answer": gold})
+
+
+def _gsm8k(gold: str) -> Instance:
+    return Instance(task="gsm8k", id="x", data={"question": "?", "answer": gold, "solution": f"#### {gold}"})
+
+
+# -- numbers ------------------------------------------------------------------------------------------------
+def test_commas_are_thousands_separators_only() -> None:
+    assert read_number("4,370") == 4370 and read_number("1,234,567") == 1234567
+    assert read_number("12,345.5") == 12345.5 and read_number("-1,000") == -1000
+    for malformed in ("4,37", "1,2345", "12,34,567", "437½", "437²"):
+        assert read_number(malformed) is None, malformed
+    assert last_number("The answer is 4,37.") == "4,37"  # as written: reading it fails
+    assert last_number("The answer is 437, as shown.") == "437"
+    assert last_number("1,234,567.") == "1234567"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The answer is 4,37.",  # a decimal comma, or a malformed thousands group: not 437
+        "The answer is 43,7.",
+        "The answer is 437½.",  # 437.5
+        "The answer is 437².",
+        "The answer is ±437.",  # two results
+        "The answer is \\pm 437",
+        "The answer is +/- 437.",
+        "The answer is \u2212437.",  # a minus sign: -437
+        "The answer is \uff0d437.",
+        "The answer is 1/437.",  # a fraction was read by its denominator
+        "The answer is 436 o\u200br 437.",  # an "or" with a zero-width space inside
+    ],
+)
+def test_arithmetic_number_tricks_do_not_pay(answer: str) -> None:
+    verdict = get_task("arithmetic").verify(_arithmetic(437), answer)
+    assert not verdict.solved and verdict.score == 0.0, (answer, verdict.feedback)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The answer is 437.",
+        "The answer is 437 apples.",
+        "**Answer:** 437",
+        "\\boxed{437}",
+        "The answer is +437.",
+        "The answer is 437.0",
+        "The answer is 874/2.",
+        "The answer is \\frac{874}{2}.",
+        "The answer is ٤٣٧.",
+        "The answer is ４３７.",
+        "The answer is 4\u200b37.",
+        "598 + 100 - 261 = 437",
+    ],
+)
+def test_arithmetic_legitimate_phrasings_pass(answer: str) -> None:
+    assert get_task("arithmetic").verify(_arithmetic(437), answer).solved, answer
+
+
+def test_negative_results_read_with_any_minus_sign() -> None:
+    task = get_task("arithmetic")
+    for answer in ("The answer is -437.", "The answer is \u2212437.", "The answer is \uff0d437."):
+        assert task.verify(_arithmetic(-437), answer).solved, answer
+    assert task.verify(_arithmetic(4370), "The answer is 4,370.").solved
+    assert task.verify(_arithmetic(1234567), "The answer is 1,234,567.").solved
+
+
+def test_hedge_rule_reads_fractions_and_plus_minus() -> None:
+    assert hedged("The answer is 3/4.") is None
+    assert hedged("The answer is \\frac{3}{4}.") is None
+    assert hedged("The answer is 1/2 or 3/4.") == ("1/2", "3/4")
+    assert hedged("The answer is ±437") == ("-437", "+437")
+    assert hedged("The error is ±2 minutes, so the total is 437.") is None  # ± not on the final number
+
+
+@pytest.mark.parametrize(
+    "answer", ["\\boxed{\\pm 240}", "The answer is ±240.", "The answer is 2,40.", "\\boxed{2,40}", "2,40"]
+)
+def test_gsm8k_number_tricks_do_not_pay(answer: str) -> None:
+    verdict = get_task("gsm8k").verify(_gsm8k("240"), answer)
+    assert not verdict.solved, (answer, verdict.feedback)
+
+
+def test_gsm8k_exact_fallback_reads_thousands_only() -> None:
+    from testtime.tasks.gsm8k import _exact
+
+    assert _exact("4370", "4370") and _exact("1/2", "0.5")
+    assert not _exact("4,37", "437") and not _exact("437½", "437") and not _exact(None, "437")
+
+
+# -- JSON answers ---------------------------------------------------------------------------------------------
+def test_json_with_a_repeated_key_is_no_answer() -> None:
+    assert find_json('[{"city": "Rome", "city": "Paris"}]') == (None, True)
+    assert extract_json('{"plan": [{"a": 1, "a": 2}]}') is None
+    assert extract_json('[{"city": "Rome", "days": "1-3"}]') == [{"city": "Rome", "days": "1-3"}]
+    assert find_json('text {"a": 1} more') == ({"a": 1}, False)
+
+
+def test_trip_plan_with_a_repeated_key_scores_zero() -> None:
+    task = get_task("trip-planning")
+    instance = task.instances(seed=0, n=1)[0]
+    plan = json.loads(instance.reference)
+    assert task.verify(instance, json.dumps(plan)).solved
+    other = plan[1]["city"]
+    head = json.dumps(plan[0])  # {"city": "A", "days": "1-3"}: add a second "city"
+    forged = json.dumps(plan).replace(head, head[:-1] + f', "city": "{other}"}}', 1)
+    assert forged.count(f'"{other}"') == 2
+    verdict = task.verify(instance, forged)
+    assert not verdict.solved and verdict.score == 0.0
