@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from testtime.tasks import Instance, get_task
+from testtime.tasks import Instance, Task, get_task
 from testtime.tasks.parsing import extract_json, find_json, hedged, last_number, read_number
 
 
@@ -127,3 +127,61 @@ def test_trip_plan_with_a_repeated_key_scores_zero() -> None:
     assert forged.count(f'"{other}"') == 2
     verdict = task.verify(instance, forged)
     assert not verdict.solved and verdict.score == 0.0
+
+
+# -- meeting planning -----------------------------------------------------------------------------------------
+def _meeting() -> tuple[Task, Instance, str]:
+    task = get_task("meeting-planning")
+    instance = task.instances(seed=0, n=1)[0]
+    return task, instance, instance.reference or ""
+
+
+def _first_meeting(reference: str) -> str:
+    import re
+
+    match = re.search(r"from \d{1,2}:\d{2}[AP]M to \d{1,2}:\d{2}[AP]M\.", reference)
+    assert match
+    return match.group()
+
+
+@pytest.mark.parametrize(
+    "hedge",
+    [
+        "{range} or from 11:00PM to 11:30PM.",  # read by its first range, it scored 1.0
+        "{range}, 11:00PM to 11:30PM.",
+        "{range} / from 8:00PM to 8:15PM.",
+    ],
+)
+def test_meeting_with_two_ranges_is_a_hedge(hedge: str) -> None:
+    task, instance, reference = _meeting()
+    first = _first_meeting(reference)
+    answer = reference.replace(first, hedge.format(range=first[:-1]), 1)
+    verdict = task.verify(instance, answer)
+    assert not verdict.solved and verdict.score == 0.0, verdict.feedback
+    assert "alternatives" in verdict.feedback
+
+
+def test_meeting_alternatives_in_other_steps_are_hedges() -> None:
+    task, instance, reference = _meeting()
+    for answer in (
+        reference.replace("You wait until", "You wait until 9:30AM or", 1),
+        reference.replace("and arrive at", "and arrive at 9:40AM or", 1),
+        reference + " Alternatively, you meet David from 1:00PM to 1:15PM.",
+    ):
+        verdict = task.verify(instance, answer)
+        assert verdict.score == 0.0, answer
+
+
+def test_meeting_legitimate_phrasings_pass() -> None:
+    task, instance, reference = _meeting()
+    body = reference.removeprefix("SOLUTION: ")
+    for answer in (
+        reference,
+        body,  # no marker
+        "I could meet David at 10:15AM or later; Irene at 11:30AM.\nSOLUTION: " + body,  # reasoning first
+        "Options: 9:30AM or 10:00AM.\n" + body,
+        reference.replace(". You", ".\nYou"),
+        reference.replace("AM", " a.m.").replace("PM", " p.m."),
+        reference + " This meets every friend, finishing at 6:50PM.",
+    ):
+        assert task.verify(instance, answer).solved, answer

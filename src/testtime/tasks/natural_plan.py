@@ -202,19 +202,43 @@ _STEP_PATTERNS = {
 }
 
 
-def _meeting_steps(text: str) -> list[tuple[str, re.Match[str]]]:
+_CLOCK_TEXT = re.compile(r"\d{1,2}:\d{2}")
+_RANGE_TEXT = re.compile(r"\d{1,2}:\d{2}\s*(?:[ap]\.?m\.?)?\s*(?:-|–|to|until)\s*\d{1,2}:\d{2}", re.I)
+_CHOICE_TEXT = re.compile(
+    r"\bor\b|\beither\b|\balternative(?:ly)?\b|\binstead\b|\bmaybe\b|\bperhaps\b|\bpossibly\b|/", re.I
+)
+
+
+def _alternatives(sentence: str, match: re.Match[str] | None) -> bool:
+    """Whether a sentence of a plan offers alternatives: a second time range ("from 9:30AM to 10:00AM or from
+    11:00AM to 11:30AM"), or a word of choice next to a time or number the step does not read ("You wait
+    until 9:30AM or 10:00AM", "Alternatively, meet her at 11:00AM")."""
+    if len(_RANGE_TEXT.findall(sentence)) > 1:
+        return True
+    if not _CHOICE_TEXT.search(sentence):
+        return False
+    rest = sentence if match is None else sentence[: match.start()] + " " + sentence[match.end() :]
+    return bool(_CLOCK_TEXT.search(rest) or (match is not None and re.search(r"\d", rest)))
+
+
+def _meeting_steps(text: str) -> tuple[list[tuple[str, re.Match[str]]], list[str]]:
+    """The plan's steps in order, and the sentences that offer alternatives (a hedge)."""
     text = strip_thinking(text)
     marker = text.upper().rfind("SOLUTION:")
     if marker >= 0:
         text = text[marker + len("SOLUTION:") :]
-    steps = []
+    steps, hedges = [], []
     for sentence in re.split(r"(?<=[.!\n])\s+|\n", text):
+        found = None
         for kind, pattern in _STEP_PATTERNS.items():
             match = pattern.search(sentence)
             if match:
+                found = match
                 steps.append((kind, match))
                 break
-    return steps[:200]
+        if (found is not None or steps) and _alternatives(sentence, found):  # prose before the plan is free
+            hedges.append(sentence.strip())
+    return steps[:200], hedges
 
 
 class MeetingPlanning(Task):
@@ -293,7 +317,14 @@ class MeetingPlanning(Task):
         location, time = data["start_location"], data["start_time"]
         met: list[str] = []
         violations: list[str] = []
-        steps = _meeting_steps(answer if isinstance(answer, str) else "")
+        steps, hedges = _meeting_steps(answer if isinstance(answer, str) else "")
+        if hedges:  # a plan that offers alternatives is no plan: it would be read by one of them
+            return Verdict(
+                score=0.0,
+                solved=False,
+                feedback=f"State one plan, without alternatives: {_clip(hedges[0], 120)!r} offers several.",
+                details={"meetings": 0, "optimum": data["optimum"], "violations": len(hedges)},
+            )
         if not steps:
             return Verdict(
                 score=0.0,
