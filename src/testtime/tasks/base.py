@@ -428,6 +428,7 @@ _BUILTIN: dict[str, str] = {
     "arc-challenge": "testtime.tasks.arc:ArcChallenge",
     "gsm8k": "testtime.tasks.gsm8k:GSM8K",
     "humaneval": "testtime.tasks.humaneval:HumanEval",
+    "reading": "testtime.tasks.reading:Reading",
 }
 _USER: dict[str, Callable[[], Task]] = {}
 
