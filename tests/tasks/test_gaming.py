@@ -48,7 +48,7 @@ def test_commas_are_thousands_separators_only() -> None:
         "The answer is \u2212437.",  # a minus sign: -437
         "The answer is \uff0d437.",
         "The answer is 1/437.",  # a fraction was read by its denominator
-        "The answer is 436 o\u200br 437.",  # an "or" with a zero-width space inside
+        "436 o\u200br 437",  # an "or" with a zero-width space inside (no marker: read as "436 437")
     ],
 )
 def test_arithmetic_number_tricks_do_not_pay(answer: str) -> None:
@@ -185,3 +185,98 @@ def test_meeting_legitimate_phrasings_pass() -> None:
         reference + " This meets every friend, finishing at 6:50PM.",
     ):
         assert task.verify(instance, answer).solved, answer
+
+
+# -- TravelPlanner --------------------------------------------------------------------------------------------
+def _travel(kind: str) -> tuple[Task, Instance, list[dict]]:
+    """An instance whose gold plan travels by ``kind`` ("Flight Number" or "Self-driving")."""
+    task = get_task("travelplanner")
+    for instance in task.instances(seed=0):
+        plan = json.loads(instance.reference or "[]")
+        if (
+            any(kind in str(day.get("transportation")) for day in plan)
+            and task.verify(instance, instance.reference).solved
+        ):
+            return task, instance, plan
+    raise AssertionError(kind)
+
+
+def _lodging_day(plan: list[dict]) -> int:
+    return next(i for i, day in enumerate(plan) if str(day.get("accommodation", "-")).strip() != "-")
+
+
+def test_travelplanner_repeated_fields_are_no_plan() -> None:
+    task, instance, plan = _travel("Self-driving")
+    i = _lodging_day(plan)
+    gold = json.dumps(plan[i]["accommodation"])
+    text = json.dumps(plan)
+    field = f'"accommodation": {gold}'
+    assert field in text
+    # JSON: the first value is nonsense, the last (the gold one) won silently
+    forged = text.replace(field, f'"accommodation": "Nowhere Inn, Atlantis", {field}', 1)
+    # a Python literal (read by ast.literal_eval), and "attraction" next to "attractions"
+    literal = str(plan).replace(
+        f"'accommodation': {plan[i]['accommodation']!r}",
+        f"'accommodation': 'X, Y', 'accommodation': {plan[i]['accommodation']!r}",
+        1,
+    )
+    both = text.replace('"attraction":', '"attractions": "-", "attraction":', 1)
+    for answer in (forged, literal, both):
+        assert answer != text
+        verdict = task.verify(instance, answer)
+        assert not verdict.solved and verdict.score == 0.0, verdict.feedback
+        assert "twice" in verdict.feedback
+    blocks = "\n".join(
+        f"Day {n}:\n"
+        + "\n".join(f"{k.replace('_', ' ').title()}: {v}" for k, v in day.items() if k != "days")
+        for n, day in enumerate(plan, 1)
+    )
+    assert task.verify(instance, blocks).solved  # the text-block form is read
+    repeated = blocks.replace("Accommodation:", "Accommodation: Nowhere Inn, Atlantis\nAccommodation:", 1)
+    assert task.verify(instance, repeated).score == 0.0
+
+
+def test_travelplanner_one_item_per_slot() -> None:
+    task, instance, plan = _travel("Flight Number")
+    hedges = []
+    i = _lodging_day(plan)
+    city = plan[i]["accommodation"].rpartition(",")[2].strip()
+    two_hotels = [dict(day) for day in plan]
+    two_hotels[i]["accommodation"] += f"; Nowhere Inn, {city}"  # only the first was charged and checked
+    hedges.append(two_hotels)
+    j = next(k for k, day in enumerate(plan) if "Flight Number" in day["transportation"])
+    legs = [dict(day) for day in plan]
+    legs[j]["transportation"] += "; Self-driving, from A to B"  # the drive was neither charged nor a conflict
+    hedges.append(legs)
+    k = next(k for k, day in enumerate(plan) if str(day.get("dinner", "-")).strip() != "-")
+    meals = [dict(day) for day in plan]
+    meals[k]["dinner"] += "; " + next(
+        d["lunch"] for d in plan if str(d.get("lunch", "-")).strip() not in ("-", plan[k]["dinner"])
+    )
+    hedges.append(meals)
+    for hedge in hedges:
+        verdict = task.verify(instance, json.dumps(hedge))
+        assert not verdict.solved, verdict.feedback
+        assert "choose one" in verdict.feedback
+
+
+def test_travelplanner_costs_are_recomputed_whatever_the_answer_states() -> None:
+    """The choice for stated costs: the budget is checked against the costs of the items the plan names,
+    taken from the reference information; a cost the answer states (in a transportation string, a "cost"
+    field, a total) is ignored, so it can neither rescue an over-budget plan nor sink a good one. (The
+    benchmark's own gold plans state self-driving and taxi costs that differ from the reference information
+    by a few dollars, so a stated cost cannot be required to match.)"""
+    task, instance, plan = _travel("Self-driving")
+    data = dict(instance.data)
+    tight = Instance(
+        task=instance.task, id=instance.id, reference=instance.reference,
+        data={**data, "constraints": {**data["constraints"], "budget": 10}},
+    )  # fmt: skip
+    cheap = [dict(day) for day in plan]
+    for day in cheap:
+        day["transportation"] = __import__("re").sub(r"cost: [\d,]+", "cost: 0", day["transportation"])
+        day["cost"] = "$0"
+    claim = json.dumps(cheap) + "\nTotal cost: $5, within the budget of $10."
+    verdict = task.verify(tight, claim)
+    assert not verdict.solved and "budget" in verdict.feedback
+    assert task.verify(instance, claim).solved  # the same statements do not hurt a plan within budget

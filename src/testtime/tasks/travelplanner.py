@@ -39,7 +39,7 @@ from importlib import resources
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
-from testtime.tasks.parsing import MAX_TEXT, excerpt, extract_json, strip_thinking
+from testtime.tasks.parsing import MAX_TEXT, excerpt, find_json, strip_thinking
 
 __all__ = ["TravelPlanner", "evaluate_plan", "load_travelplanner", "parse_plan", "parse_query"]
 
@@ -156,27 +156,67 @@ def parse_query(query: str, reference: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- parsing a plan --------------------------------------------------------------------------------------
+class _Repeated(Exception):
+    """A day names one field twice (two values for one slot: the parser would keep one silently)."""
+
+
+def _field(key: Any) -> str:
+    key = str(key).strip().lower().replace(" ", "_")
+    return {"day": "days", "attractions": "attraction"}.get(key, key)
+
+
 def _normalise_day(item: Mapping[str, Any]) -> dict[str, str]:
     day: dict[str, str] = {}
     for key, value in item.items():
-        key = str(key).strip().lower().replace(" ", "_")
-        key = {"day": "days", "attractions": "attraction", "current city": "current_city"}.get(key, key)
+        key = _field(key)
         if key in FIELDS:
+            if key in day:  # "attraction" and "attractions", "current city" and "current_city"
+                raise _Repeated(key)
             day[key] = str(value).strip() if value is not None else "-"
     return day
 
 
+def _literal(text: str) -> Any:
+    """A Python literal (``ast.literal_eval``: no code runs), refusing a dict that repeats a key."""
+    try:
+        tree = ast.parse(text, mode="eval")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                keys = [repr(k.value) for k in node.keys if isinstance(k, ast.Constant)]
+                if len(set(keys)) != len(keys):
+                    raise _Repeated("a key")
+        return ast.literal_eval(tree)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        return None
+
+
+def _parse(answer: str) -> tuple[list[dict[str, str]] | None, str | None]:
+    """``(plan or None, why there is none)``; a day naming a field twice is no plan (a hedge)."""
+    try:
+        return _parse_days(answer), None
+    except _Repeated as exc:
+        return None, f"A day names the field {excerpt(str(exc), 40)!r} twice; give one value per field."
+
+
 def parse_plan(answer: str) -> list[dict[str, str]] | None:
-    """A plan as a list of day dicts with the benchmark's keys, or None if none is found."""
+    """A plan as a list of day dicts with the benchmark's keys, or None if none is found or a day names one
+    field twice (in JSON, a Python literal or a text block: two values for one slot)."""
+    try:
+        return _parse_days(answer)
+    except _Repeated:
+        return None
+
+
+def _parse_days(answer: str) -> list[dict[str, str]] | None:
+    """:func:`parse_plan`, raising :class:`_Repeated` for a field named twice."""
     text = strip_thinking(answer if isinstance(answer, str) else "")
-    value = extract_json(text, want=list)
+    value, repeated = find_json(text, want=list)
+    if repeated:
+        raise _Repeated("a key")
     if value is None:
         start, end = text.find("["), text.rfind("]")
         if 0 <= start < end and end - start < MAX_TEXT:
-            try:
-                value = ast.literal_eval(text[start : end + 1])  # literals only: no code is executed
-            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
-                value = None
+            value = _literal(text[start : end + 1])
     if isinstance(value, list):
         days = [_normalise_day(item) for item in value[:30] if isinstance(item, Mapping) and item]
         days = [d for d in days if d]
@@ -190,9 +230,10 @@ def parse_plan(answer: str) -> list[dict[str, str]] | None:
         for line in body.splitlines():
             m = re.match(r"\s*[-*]*\s*\**([A-Za-z ]+?)\**\s*:\s*(.*)$", line)
             if m:
-                key = m.group(1).strip().lower().replace(" ", "_")
-                key = {"attractions": "attraction"}.get(key, key)
+                key = _field(m.group(1))
                 if key in FIELDS:
+                    if key in day:
+                        raise _Repeated(key)
                     day[key] = m.group(2).strip()
         days.append(day)
     return days[:30] or None
@@ -290,6 +331,13 @@ def evaluate_plan(
         transport = day.get("transportation", "-") or "-"
         absent += _absent_in_day(day, index, last=index == c["days"])
         if transport.strip() not in ("", "-"):
+            ways = len(re.findall(r"Flight Number", transport, re.I))
+            ways += len(re.findall(r"self-driving|\btaxi\b", transport, re.I))
+            if ways > 1:  # only one would be charged and checked: a hedge
+                sandbox.append(f"day {index}'s transportation names {ways} ways to travel; choose one")
+                modes.update(m.lower() for m in re.findall(r"self-driving|\btaxi\b", transport, re.I))
+                if re.search(r"Flight Number", transport, re.I):
+                    modes.add("flight")
             flight = re.search(r"Flight Number:\s*(\w+)", transport, re.I)
             mode = re.match(r"\s*(self-driving|taxi)", transport, re.I)
             if flight:
@@ -317,6 +365,8 @@ def evaluate_plan(
                 sandbox.append(f"cannot read day {index}'s transportation")
         for meal in ("breakfast", "lunch", "dinner"):
             entries = _entries(day.get(meal, "-"))
+            if len(entries) > 1:
+                sandbox.append(f"day {index} {meal} names {len(entries)} restaurants; choose one")
             for name, city in entries:
                 row = restaurants.get((name, city))
                 if row is None:
@@ -343,6 +393,8 @@ def evaluate_plan(
                     f"day {index} attraction {excerpt(name)!r} is in {excerpt(city)}, not in {excerpt(' or '.join(here))}"
                 )
         stays = _entries(day.get("accommodation", "-"))
+        if len(stays) > 1:
+            sandbox.append(f"day {index} names {len(stays)} accommodations; choose one")
         for name, city in stays[:1]:
             row = hotels.get((name, city))
             if row is None:
@@ -523,10 +575,12 @@ class TravelPlanner(Task):
         )
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
-        plan = parse_plan(answer)
+        plan, problem = _parse(answer)
         if not plan:
             return Verdict(
-                score=0.0, solved=False, feedback="No plan found: answer with a JSON list of day objects."
+                score=0.0,
+                solved=False,
+                feedback=problem or "No plan found: answer with a JSON list of day objects.",
             )
         results = evaluate_plan(plan, instance.data["reference"], instance.data["constraints"])
         failed = [(name, message) for name, ok, message in results if not ok]
