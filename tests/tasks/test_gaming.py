@@ -280,3 +280,58 @@ def test_travelplanner_costs_are_recomputed_whatever_the_answer_states() -> None
     verdict = task.verify(tight, claim)
     assert not verdict.solved and "budget" in verdict.feedback
     assert task.verify(instance, claim).solved  # the same statements do not hurt a plan within budget
+
+
+# -- Countdown ------------------------------------------------------------------------------------------------
+def _countdown() -> tuple[Task, Instance, str]:
+    task = get_task("countdown")
+    instance = task.instances(seed=2, n=1)[0]
+    return task, instance, (instance.reference or "").split("=")[0].strip()
+
+
+def test_countdown_several_expressions_are_a_hedge() -> None:
+    task, instance, solution = _countdown()
+    a, b, c = instance.data["numbers"][:3]
+    for answer in (
+        f"<answer>{a} + {b} or {solution}</answer>",  # the longest was read: solved
+        f"<answer>{solution} or {a} + {b}</answer>",
+        f"<answer>{solution}, {a} * {b} * {c}</answer>",
+    ):
+        verdict = task.verify(instance, answer)
+        assert verdict.score == 0.0 and "expressions" in verdict.feedback, answer
+
+
+def test_countdown_one_number_alone_earns_only_the_format_credit() -> None:
+    task, instance, _ = _countdown()
+    target = instance.data["target"]
+    nearest = min((n for n in instance.data["numbers"] if n != target), key=lambda n: abs(n - target))
+    lone = task.verify(instance, f"<answer>{nearest}</answer>")  # scored 0.1 + 0.4 * closeness
+    assert lone.score == pytest.approx(0.1)
+
+
+def test_countdown_legitimate_phrasings_pass() -> None:
+    task, instance, solution = _countdown()
+    latex = solution.replace("*", "\\times ")
+    for answer in (
+        f"<answer>{solution}</answer>",
+        f"<answer>\n{solution}\n</answer>",
+        f"<answer>{solution} = {instance.data['target']}</answer>",
+        f"The answer is: {solution}",
+        f"<answer>${latex}$</answer>",
+        f"\\boxed{{{latex}}}",
+        f"<answer>{solution.replace('*', '×').replace('-', '−')}</answer>",
+        f"First try: {instance.data['numbers'][0]} + 1. <answer>{solution}</answer>",
+    ):
+        assert task.verify(instance, answer).solved, answer
+
+
+# -- Trip planning ----------------------------------------------------------------------------------------------
+def test_trip_plans_that_plan_nothing_earn_little() -> None:
+    task = get_task("trip-planning")
+    for instance in task.instances(seed=0, n=4, num_cities=5):
+        stays = instance.data["stays"]
+        one_day_each = json.dumps([{"city": c, "days": "1-1"} for c in stays])  # scored 0.58-0.71
+        all_from_day_one = json.dumps([{"city": c, "days": f"1-{k}"} for c, k in stays.items()])  # 0.63-0.75
+        assert task.verify(instance, one_day_each).score == 0.0
+        assert task.verify(instance, all_from_day_one).score <= 0.4
+        assert task.verify(instance, instance.reference or "").solved

@@ -9,8 +9,9 @@ Arithmetic: evaluate a random expression of multi-digit integers; the answer is 
 
 Choices the sources leave open (also in docs/fidelity/tasks.md):
 - Countdown score: 1.0 solved; a legal expression (only given numbers, each at most once) that misses the
-  target gets ``0.1 + 0.4 * closeness`` with ``closeness = max(0, 1 - |value - target| / target)``; an
-  illegal or unparsable answer 0.0. TinyZero gives 0.1 for format and 1.0 for correct; the graded middle
+  target gets ``0.1 + 0.4 * closeness`` with ``closeness = max(0, 1 - |value - target| / target)``, and
+  0.1 when it is one number alone (copying out the given number nearest the target is no work); an
+  illegal or unparsable answer 0.0, and so is an answer stating several expressions ("A or B"). TinyZero gives 0.1 for format and 1.0 for correct; the graded middle
   gives search (Mind Evolution) a slope.
 - Arithmetic score: 1.0 or 0.0; the feedback says whether the answer is too high or too low. A final
   answer whose first and last numbers differ ("436 or 437") is a hedge and scores 0, unless it ends in a
@@ -84,6 +85,17 @@ def extract_expression(text: str) -> str | None:
         if with_operator or runs:
             return max(with_operator or runs, key=len)
     return None
+
+
+def _several_expressions(text: str) -> list[str]:
+    """The distinct expressions with an operator in the first side of the marked answer that holds one, when
+    there are several ("98 + 5 or (5 * 41 - 28) - 98", "A, B"): a hedge, which would be read by its longest."""
+    for side in _marked(text).split("="):
+        runs = [r.strip(" .") for r in _EXPRESSION_RUN.findall(side) if re.search(r"\d", r)]
+        with_operator = list(dict.fromkeys(r for r in runs if re.search(r"\d\s*\)*\s*[-+*/]", r)))
+        if with_operator or runs:
+            return with_operator if len(with_operator) > 1 else []
+    return []
 
 
 def solve_countdown(numbers: list[int], target: int, *, max_solutions: int = 1) -> list[str]:
@@ -194,6 +206,14 @@ class Countdown(Task):
         expr = extract_expression(answer)
         if expr is None:
             return Verdict(score=0.0, solved=False, feedback="No arithmetic expression found in the answer.")
+        several = _several_expressions(answer)
+        if several:
+            return Verdict(
+                score=0.0,
+                solved=False,
+                feedback=f"The answer states {len(several)} expressions ({excerpt(several[0], 30)!r}, "
+                f"{excerpt(several[1], 30)!r}{', ...' if len(several) > 2 else ''}); give one.",
+            )
         try:
             parsed = parse_expression(expr, limits=COUNTDOWN_LIMITS)
         except ExpressionError as exc:
@@ -221,6 +241,8 @@ class Countdown(Task):
                 score=1.0, solved=True, feedback=f"Correct: {excerpt(expr)} = {target}.", details=details
             )
         closeness = max(0.0, 1.0 - abs(float(parsed.value) - target) / max(abs(target), 1))
+        if len(parsed.numbers) < 2:  # one given number copied out is no work: no credit for its closeness
+            closeness = 0.0
         direction = "too high" if parsed.value > target else "too low"
         return Verdict(
             score=0.1 + 0.4 * closeness,

@@ -635,15 +635,24 @@ class TripPlanning(Task):
             )
         failed = [message for ok, message in checks if not ok]
         solved = not failed
-        # Checks of a plan's own cities pass vacuously for a stub: weigh by the share of cities planned.
+        # Checks of a plan's own cities pass vacuously for a stub: weigh by the share of cities planned. Naming
+        # every city with a one-day stay ("1-1") passes most checks without planning anything (it scored
+        # 0.6-0.7): weigh also by the share of cities given their number of days. Stays that all start on day 1
+        # ("1-5", "1-2", ...) pass the day and event checks without a route (0.6-0.75): half the score rides
+        # on the share of flights whose day joins the two stays.
         coverage = len({c for c in cities if c in data["stays"]}) / len(data["stays"])
-        score = 1.0 if solved else min(_BELOW_ONE, (len(checks) - len(failed)) / len(checks) * coverage)
+        lengths = {c: last - first + 1 for c, (_, first, last) in zip(cities, stays, strict=True)}
+        right_days = sum(lengths.get(c) == want for c, want in data["stays"].items()) / len(data["stays"])
+        joins = [b[1] == a[2] for a, b in itertools.pairwise(stays)]
+        chained = sum(joins) / len(joins) if joins else 1.0
+        passed = (len(checks) - len(failed)) / len(checks)
+        score = 1.0 if solved else min(_BELOW_ONE, passed * coverage * right_days * (0.5 + 0.5 * chained))
         feedback = "The plan satisfies every constraint." if solved else "\n".join(failed)
         return Verdict(
             score=score,
             solved=solved,
             feedback=feedback,
-            details={"failed_checks": len(failed), "coverage": coverage},
+            details={"failed_checks": len(failed), "coverage": coverage, "right_days": right_days},
         )
 
 

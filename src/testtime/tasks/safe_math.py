@@ -70,12 +70,24 @@ class ParsedExpression:
     numbers: list[Fraction]
 
 
-_OPERATOR_ALIASES = {"×": "*", "·": "*", "÷": "/", "−": "-", "–": "-", "^": "**"}
+_OPERATOR_ALIASES = {
+    "\\times": "*",
+    "\\cdot": "*",
+    "\\div": "/",
+    "\\left(": "(",
+    "\\right)": ")",
+    "×": "*",
+    "·": "*",
+    "÷": "/",
+    "−": "-",
+    "–": "-",
+    "^": "**",
+}
 _ALLOWED_CHARS = re.compile(r"^[0-9.+\-*/() \t\n]*$")
 
 
 def normalize_operators(text: str) -> str:
-    """Map common typographic operators (×, ÷, −, ^) to Python's."""
+    """Map common typographic and LaTeX operators (×, ÷, −, ^, ``\\times``, ``\\div``, ``\\cdot``) to Python's."""
     for alias, op in _OPERATOR_ALIASES.items():
         text = text.replace(alias, op)
     return text
