@@ -7,8 +7,9 @@ so ``testtime --help`` lists them without importing torch, and a command's modul
 that command runs (or its own ``--help`` is asked for). A system joins the tool with one line in
 :data:`COMMANDS`; commands whose module is absent are not listed.
 
-User errors (:class:`testtime.errors.UserError`, ``ModelNotFoundError``) become one line on stderr and
-exit status 2, whether the tool runs from the shell or in-process through typer's ``CliRunner``.
+User errors (:class:`testtime.errors.UserError`, ``ModelNotFoundError``) and click's usage errors (a
+value out of range, an unknown option, a missing argument) become one line on stderr and exit status 2,
+whether the tool runs from the shell or in-process through typer's ``CliRunner``.
 The shared flag vocabulary is written down in docs/cli.md.
 """
 
@@ -90,6 +91,17 @@ class _LazyCommand(typer.core.TyperCommand):
         return real.make_context(info_name, args, parent=parent, **extra)
 
 
+_clicks = typer.core._click.exceptions  # typer's own click (not the click package)
+
+
+def usage_line(exc: Any) -> str:
+    """A usage error (bad value, unknown option, missing argument) as one line naming the command's help."""
+    message = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return message
+
+
 class LazyGroup(TyperGroup):
     """The root group: commands of :data:`COMMANDS` load on demand; user errors become exit status 2."""
 
@@ -108,7 +120,7 @@ class LazyGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
             return super().resolve_command(ctx, args)
-        except typer.core._click.exceptions.UsageError as exc:  # "did you mean" over the lazy names too
+        except _clicks.UsageError as exc:  # "did you mean" over the lazy names too
             if args and "Did you mean" not in exc.message:
                 import difflib
 
@@ -120,6 +132,11 @@ class LazyGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except _clicks.NoArgsIsHelpError:
+            raise  # a group run bare prints its help
+        except _clicks.UsageError as exc:  # a bad flag or value: one line, like a UserError (not typer's box)
+            typer.secho(f"error: {usage_line(exc)}", fg=typer.colors.RED, err=True)
+            ctx.exit(2)
         except (UserError, ModelNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             ctx.exit(2)
