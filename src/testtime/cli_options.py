@@ -144,7 +144,7 @@ def num_samples_option(default: int | None = NUM_SAMPLES, help_text: str | None 
     )
 
 
-def temperature_option(default: float | None = TEMPERATURE) -> Any:
+def temperature_option(default: float | None = TEMPERATURE, help_text: str | None = None) -> Any:
     return typer.Option(
         default,
         "--temperature",
@@ -152,16 +152,17 @@ def temperature_option(default: float | None = TEMPERATURE) -> Any:
         min=0.0,
         max=100.0,
         callback=finite,
-        help="Softmax temperature; 0 is greedy decoding.",
+        help=help_text or "Softmax temperature; 0 is greedy decoding.",
     )
 
 
-def top_p_option(default: float | None = TOP_P) -> Any:
+def top_p_option(default: float | None = TOP_P, help_text: str | None = None) -> Any:
     return typer.Option(
         default,
         "--top-p",
         callback=_probability,
-        help="Nucleus sampling: keep the most likely tokens up to this probability mass (1: all).",
+        help=help_text
+        or "Nucleus sampling: keep the most likely tokens up to this probability mass (1: all).",
     )
 
 
@@ -177,13 +178,14 @@ def seed_option(default: int | None = SEED, help_text: str | None = None) -> Any
     )
 
 
-def threads_option(default: int | None = None) -> Any:
+def threads_option(default: int | None = None, help_text: str | None = None) -> Any:
     return typer.Option(
         default,
         "--threads",
         min=1,
         max=1024,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine).",
+        help=help_text
+        or "torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine).",
     )
 
 
@@ -208,7 +210,9 @@ def max_steps_option(default: int | None, help_text: str | None = None) -> Any:
     )
 
 
-def no_progress_option() -> Any:
+def no_progress_option(help_text: str | None = None) -> Any:
     return typer.Option(
-        False, "--no-progress", help="No progress bar: print one line per log interval instead."
+        False,
+        "--no-progress",
+        help=help_text or "No progress bar: print one line per log interval instead.",
     )
