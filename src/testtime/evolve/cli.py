@@ -1,15 +1,20 @@
-"""``testtime evolve run | compare | lineage``: Mind Evolution and its baselines from the command line."""
+"""``testtime evolve run | compare | lineage``: Mind Evolution and its baselines from the command line.
+
+Sampling and run flags come from the shared vocabulary (:mod:`testtime.cli_options`); every count has a
+range checked while the command line is parsed, so a bad value is one line and exit status 2 before any
+model loads or any call is made.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from testtime import cli_options as opt
 from testtime.errors import UserError
 
 __all__ = ["register"]
@@ -76,12 +81,9 @@ def _config(preset: str, settings: list[str] | None) -> Any:
 
 
 def _params(max_new_tokens: int, temperature: float, top_p: float) -> Any:
+    """The sampling parameters (their ranges are checked by the options)."""
     from testtime.llm.protocol import SamplingParams
 
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise UserError(f"--temperature must be a finite number >= 0, got {temperature}")
     try:
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
     except ValueError as exc:
@@ -92,10 +94,7 @@ def make_llm(
     backend: str, model: str | None, *, base_url: str | None, threads: int | None, concurrency: int
 ) -> Any:
     """The backend named on the command line."""
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    if concurrency < 1:
-        raise UserError(f"--concurrency must be >= 1, got {concurrency}")
+    _check_backend(backend, model)
     if backend == "local":
         from testtime.llm.local import LocalLLM
 
@@ -103,14 +102,20 @@ def make_llm(
     if backend == "openai":
         from testtime.llm.openai_backend import OpenAILLM
 
-        if not model:
-            raise UserError("--backend openai needs --model (the server's model id)")
         return OpenAILLM(model, base_url=base_url, max_concurrency=concurrency)
     if backend == "fake":
         from testtime.llm.fake import FakeLLM
 
         return FakeLLM(None, name="fake")
-    raise UserError(f"--backend must be local, openai or fake, got {backend!r}")
+    raise AssertionError(backend)
+
+
+def _check_backend(backend: str, model: str | None) -> None:
+    """A bad --backend fails before any work (the backend itself is made last)."""
+    if backend not in ("local", "openai", "fake"):
+        raise UserError(f"--backend must be local, openai or fake, got {backend!r}")
+    if backend == "openai" and not model:
+        raise UserError("--backend openai needs --model (the server's model id)")
 
 
 def _budget(max_calls: int | None, max_total_tokens: int | None, price_in: float, price_out: float) -> Any:
@@ -122,6 +127,9 @@ def _budget(max_calls: int | None, max_total_tokens: int | None, price_in: float
 
 
 _MAX_INSTANCES = 10_000
+_MAX_CALLS = 10**9  # a budget beyond any run (the paper's largest is 800 calls per problem)
+_MAX_TOKENS = 10**13
+_MAX_PARALLEL = 1024  # concurrent HTTP requests, or searches sharing the engine's batches
 
 
 def _out_dir(out: Path) -> Path:
@@ -140,10 +148,6 @@ def _out_dir(out: Path) -> Path:
 def _instances(task_name: str, split: str | None, seed: int, n: int, difficulty: list[str] | None) -> Any:
     from testtime.tasks import get_task
 
-    if n < 1:
-        raise UserError(f"--num-instances must be >= 1, got {n}")
-    if n > _MAX_INSTANCES:
-        raise UserError(f"--num-instances is at most {_MAX_INSTANCES}, got {n}")
     task = get_task(task_name)
     instances = task.instances(split, seed=seed, n=n, **_difficulty(difficulty))
     if not instances:
@@ -168,22 +172,30 @@ _PRESET = typer.Option(
 _SET = typer.Option(
     None, "--set", help="Change one setting KEY=VALUE (repeatable), e.g. --set num_generations=3."
 )
-_MAX_CALLS = typer.Option(None, "--max-calls", help="Budget: the most LLM calls (never exceeded).")
-_MAX_TOK = typer.Option(None, "--max-total-tokens", help="Budget: the most input + output tokens.")
-_PRICE_IN = typer.Option(0.0, "--price-input", help="Price per input token, for the cost column.")
-_PRICE_OUT = typer.Option(0.0, "--price-output", help="Price per output token.")
-_MAX_NEW = typer.Option(256, "--max-new-tokens", help="Most tokens per answer.")
-_TEMP = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature.")
-_TOP_P = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold.")
-_THREADS = typer.Option(None, "--threads", help="torch threads of the local engine.")
-_CONC = typer.Option(8, "--concurrency", help="Most parallel HTTP requests (openai backend).")
-_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
+_BUDGET_CALLS = typer.Option(
+    None, "--max-calls", min=1, max=_MAX_CALLS, help="Budget: the most LLM calls (never exceeded)."
+)
+_MAX_TOK = typer.Option(
+    None, "--max-total-tokens", min=1, max=_MAX_TOKENS, help="Budget: the most input + output tokens."
+)
+_PRICE_IN = typer.Option(
+    0.0, "--price-input", min=0, callback=opt.finite, help="Price per input token, for the cost column."
+)
+_PRICE_OUT = typer.Option(0.0, "--price-output", min=0, callback=opt.finite, help="Price per output token.")
+_MAX_NEW = opt.max_new_tokens_option(256, "Most tokens per answer.")
+_TEMP = opt.temperature_option(1.0)
+_TOP_P = opt.top_p_option()
+_THREADS = opt.threads_option()
+_CONC = typer.Option(
+    8, "--concurrency", min=1, max=_MAX_PARALLEL, help="Most parallel HTTP requests (openai backend)."
+)
+_NO_PROGRESS = opt.no_progress_option("No progress bar.")
 
 
 @evolve_app.command("run")
 def run_command(
     task_name: str = _TASK,
-    seed: int = typer.Option(0, "--seed", help="Seed of the instance and of the search."),
+    seed: int = opt.seed_option(help_text="Seed of the instance and of the search."),
     split: str = _SPLIT,
     difficulty: list[str] = _DIFF,
     method: str = typer.Option("mind-evolution", "--method", help=_METHOD_HELP),
@@ -192,7 +204,7 @@ def run_command(
     base_url: str = _BASE_URL,
     preset: str = _PRESET,
     settings: list[str] = _SET,
-    max_calls: int = _MAX_CALLS,
+    max_calls: int = _BUDGET_CALLS,
     max_total_tokens: int = _MAX_TOK,
     price_input: float = _PRICE_IN,
     price_output: float = _PRICE_OUT,
@@ -209,6 +221,7 @@ def run_command(
     """Search for a solution of one task instance; logs every candidate to OUT/log.jsonl (rerun to resume)."""
     from testtime.evolve import make_method, render_lineage, task_evaluator
 
+    _check_backend(backend, model)
     config = _config(preset, settings)
     params = _params(max_new_tokens, temperature, top_p)
     budget = _budget(max_calls, max_total_tokens, price_input, price_output)
@@ -271,8 +284,12 @@ def compare_command(
     methods: str = typer.Option(
         "mind-evolution,best-of-n,sequential-revision+,one-pass", "--methods", help="Comma-separated methods."
     ),
-    num_instances: int = typer.Option(10, "--num-instances", help="Instances of the task."),
-    instance_seed: int = typer.Option(0, "--instance-seed", help="Seed of the instances."),
+    num_instances: int = typer.Option(
+        10, "--num-instances", min=1, max=_MAX_INSTANCES, help="Instances of the task."
+    ),
+    instance_seed: int = typer.Option(
+        opt.SEED, "--instance-seed", min=0, max=opt.MAX_SEED, help="Seed of the instances."
+    ),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated search seeds, e.g. 0,1,2."),
     split: str = _SPLIT,
     difficulty: list[str] = _DIFF,
@@ -281,7 +298,9 @@ def compare_command(
     base_url: str = _BASE_URL,
     preset: str = _PRESET,
     settings: list[str] = _SET,
-    max_calls: int = typer.Option(..., "--max-calls", help="The call budget of every run (equal for all)."),
+    max_calls: int = typer.Option(
+        ..., "--max-calls", min=1, max=_MAX_CALLS, help="The call budget of every run (equal for all)."
+    ),
     price_input: float = _PRICE_IN,
     price_output: float = _PRICE_OUT,
     max_new_tokens: int = _MAX_NEW,
@@ -290,7 +309,11 @@ def compare_command(
     threads: int = _THREADS,
     concurrency: int = _CONC,
     parallel_runs: int = typer.Option(
-        4, "--parallel-runs", help="Runs searched at once (their calls share the engine's batches)."
+        4,
+        "--parallel-runs",
+        min=1,
+        max=_MAX_PARALLEL,
+        help="Runs searched at once (their calls share the engine's batches).",
     ),
     out: Path = typer.Option(Path("runs/evolve-compare"), "--out", "-o", help="Run folder (resumes)."),
     no_progress: bool = _NO_PROGRESS,
@@ -300,6 +323,7 @@ def compare_command(
     from testtime.evolve import METHODS
     from testtime.evolve.compare import plot_success, run_comparison, summarize, table, write_rows
 
+    _check_backend(backend, model)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise UserError("--methods needs at least one method")
@@ -314,12 +338,10 @@ def compare_command(
         raise UserError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError("--seeds needs at least one seed")
+    if any(not 0 <= s <= opt.MAX_SEED for s in seed_list):
+        raise UserError(f"--seeds takes seeds in 0..{opt.MAX_SEED}, got {seeds!r}")
     if len(set(seed_list)) < len(seed_list):
         raise UserError(f"--seeds names a seed twice (runs would be counted twice): {seeds!r}")
-    if max_calls < 1:
-        raise UserError(f"--max-calls must be >= 1, got {max_calls}")
-    if parallel_runs < 1:
-        raise UserError(f"--parallel-runs must be >= 1, got {parallel_runs}")
     config = _config(preset, settings)
     params = _params(max_new_tokens, temperature, top_p)
     _budget(max_calls, None, price_input, price_output)  # validates the prices
