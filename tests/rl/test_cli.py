@@ -162,6 +162,16 @@ def test_stages_run_end_to_end(tmp_path, tiny_llama_dir):
         (["eval", "--seeds", ",,"], "--seeds"),
         (["eval", "--seeds", "99999999999999999999"], "--seeds must be in"),
         (["eval", "--out", "a_file"], "is a file"),
+        (["grpo", "--num-problems", str(10**40)], "--num-problems"),
+        (["grpo", "--max-steps", str(10**40)], "--max-steps"),
+        (["grpo", "--prompts-per-step", "0"], "--prompts-per-step"),
+        (["grpo", "--grad-accum", str(10**40)], "--grad-accum"),
+        (["grpo", "--save-every", "-5"], "--save-every"),
+        (["grpo", "--device", "cuda:x"], "--device"),
+        (["eval", "--num-samples", "-5"], "--num-samples"),
+        (["eval", "--temperature", "0"], "--temperature"),
+        (["sft", "--task", "arithmetic", "--batch-size", "0"], "--batch-size"),
+        (["distill", "--teacher", "smollm2", "--max-new-tokens", str(10**40)], "--max-new-tokens"),
     ],
 )
 def test_bad_values_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
@@ -171,6 +181,8 @@ def test_bad_values_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "\u256d" not in result.output, result.output  # one line, no usage box
 
 
 def test_bad_jsonl_line_is_named(tmp_path):

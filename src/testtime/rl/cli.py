@@ -1,45 +1,59 @@
 """``testtime r1 sft|grpo|sample|distill|eval``: the R1 recipe's stages from the command line.
 
 Every run folder (``--out``, default ``runs/r1/<stage>``) gets a ``metrics.jsonl``; trained policies are
-``save_pretrained`` folders under ``<out>/policy`` that ``testtime llm generate --model DIR`` loads. Bad
-values end with one line and exit status 2 (``UserError``).
+``save_pretrained`` folders under ``<out>/policy`` that ``testtime llm generate --model DIR`` loads. The
+sampling and run flags come from the shared vocabulary (:mod:`testtime.cli_options`) and every count has a
+range; bad values end with one line and exit status 2 before any model loads.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from testtime import cli_options as opt
 from testtime.errors import UserError
 
 __all__ = ["register"]
 
 _MODEL_HELP = "Model: 'smollm2' (embedded), a save_pretrained folder, a .gguf file or a hub id."
+_MAX_PROBLEMS = 100_000  # problems drawn from a task's split
 
 
 def _threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+    if threads is not None:  # its range is checked by the option
         import torch
 
         torch.set_num_threads(threads)
 
 
 def _device(name: str) -> str:
-    if name not in ("cpu", "cuda", "auto"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
+    """The device the option checked, with ``auto`` resolved (cuda when available)."""
+    if name != "auto":
+        return name
     import torch
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# Options every stage shares (ranges and messages of the shared vocabulary).
+def _model() -> Any:
+    return opt.model_option("smollm2", _MODEL_HELP)
+
+
+def _num_problems(default: int, help_text: str = "Problems.") -> Any:
+    return typer.Option(default, "--num-problems", min=1, max=_MAX_PROBLEMS, help=help_text)
+
+
+def _threads_option() -> Any:
+    return opt.threads_option(help_text="torch threads.")
+
+
+def _device_option() -> Any:
+    return opt.device_option("cpu", "cpu, cuda, cuda:N or auto (cuda when available).")
 
 
 def _knobs(values: list[str] | None) -> dict[str, int]:
@@ -73,11 +87,6 @@ def _load(model: str, device: str) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return loaded, tokenizer
-
-
-def _positive(name: str, value: float, *, zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise UserError(f"{name} must be {'>= 0' if zero else '> 0'}, got {value}")
 
 
 def _seed(name: str, value: int) -> int:
@@ -119,7 +128,6 @@ def _template(name: str) -> str:
 
 
 def _instances(task: Any, split: str, count: int, seed: int, knobs: dict[str, int]) -> list[Any]:
-    _positive("--num-problems", count)
     if knobs and task.difficulty == {}:
         raise UserError(f"task {task.name!r} has no difficulty knobs")
     instances = task.instances(split, seed=seed, n=count, **knobs)
@@ -148,41 +156,53 @@ def register(app: typer.Typer) -> None:
 
     @r1.command("grpo")
     def grpo(
-        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        model: str = _model(),
         task_name: str = typer.Option("arithmetic", "--task", help="A testtime task (testtime tasks list)."),
         split: str = typer.Option(
             "train", "--split", help="Training split (never the test split you report)."
         ),
         difficulty: list[str] = typer.Option(None, "--difficulty", help="Task knobs KEY=INT (repeatable)."),
-        num_problems: int = typer.Option(256, "--num-problems", help="Problems in the training set."),
+        num_problems: int = _num_problems(256, "Problems in the training set."),
         rewards: str = typer.Option(
             "accuracy,format", "--rewards", help="accuracy,graded,format,language,overlong,math"
         ),
         template: str = typer.Option("r1", "--template", help="chat | r1 | r1-zero (prefilled <think>)."),
-        num_samples: int = typer.Option(8, "--num-samples", "-n", help="Completions per prompt (GRPO's G)."),
-        prompts_per_step: int = typer.Option(4, "--prompts-per-step", help="Prompts per optimizer step."),
-        max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens per completion."),
-        temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (> 0)."),
-        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (keep 1 for exact ratios)."),
+        num_samples: int = opt.num_samples_option(8, "Completions per prompt (GRPO's G, at least 2)."),
+        prompts_per_step: int = typer.Option(
+            4, "--prompts-per-step", min=1, max=10_000, help="Prompts per optimizer step."
+        ),
+        max_new_tokens: int = opt.max_new_tokens_option(128, "Most tokens per completion."),
+        temperature: float = opt.temperature_option(1.0, "Sampling temperature (> 0)."),
+        top_p: float = opt.top_p_option(1.0, "Nucleus sampling (keep 1 for exact ratios)."),
         loss_type: str = typer.Option("grpo", "--loss-type", help="grpo | bnpo | dapo | dr_grpo"),
-        beta: float = typer.Option(0.0, "--beta", help="KL coefficient (R1: 0.001)."),
-        epsilon: float = typer.Option(0.2, "--epsilon", help="Lower clip range."),
-        epsilon_high: float = typer.Option(None, "--epsilon-high", help="Upper clip range (DAPO: 0.28)."),
+        beta: float = typer.Option(
+            0.0, "--beta", min=0, callback=opt.finite, help="KL coefficient (R1: 0.001)."
+        ),
+        epsilon: float = typer.Option(0.2, "--epsilon", min=0, callback=opt.finite, help="Lower clip range."),
+        epsilon_high: float = typer.Option(
+            None, "--epsilon-high", min=0, callback=opt.finite, help="Upper clip range (DAPO: 0.28)."
+        ),
         scale_rewards: str = typer.Option("group", "--scale-rewards", help="group | batch | none"),
-        num_iterations: int = typer.Option(1, "--num-iterations", help="Updates per batch of rollouts (mu)."),
+        num_iterations: int = typer.Option(
+            1, "--num-iterations", min=1, max=1000, help="Updates per batch of rollouts (mu)."
+        ),
         dynamic_sampling: bool = typer.Option(
             False, "--dynamic-sampling", help="DAPO: refill zero-std groups."
         ),
         learning_rate: float = typer.Option(1e-6, "--lr", help="Learning rate (R1: 3e-6)."),
-        grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-        max_steps: int = typer.Option(50, "--max-steps", help="Optimizer steps."),
-        save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (0: at the end)."),
-        seed: int = typer.Option(0, "--seed", help="Seed for data order and sampling."),
-        threads: int = typer.Option(None, "--threads", help="torch threads."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        out: Path = typer.Option(Path("runs/r1/grpo"), "--out", "-o", help="Run folder."),
+        grad_accum: int = typer.Option(
+            1, "--grad-accum", min=1, max=10_000, help="Micro-batches per optimizer step."
+        ),
+        max_steps: int = opt.max_steps_option(50),
+        save_every: int = typer.Option(
+            0, "--save-every", min=0, max=10**9, help="Checkpoint every N steps (0: at the end)."
+        ),
+        seed: int = opt.seed_option(help_text="Seed for data order and sampling."),
+        threads: int = _threads_option(),
+        device: str = _device_option(),
+        out: Path = opt.out_option(Path("runs/r1/grpo"), "Run folder."),
         no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if a checkpoint exists."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        no_progress: bool = opt.no_progress_option("No progress bar."),
     ) -> None:
         """Reasoning RL: GRPO on a task's training split with rule-based rewards (runs under torchrun too)."""
         from testtime.llm.local import LocalLLM
@@ -193,11 +213,9 @@ def register(app: typer.Typer) -> None:
 
         _threads(threads)
         dev = _device(device)
-        _seed("--seed", seed)
         task = _task(task_name)
         knobs = _knobs(difficulty)
         _instances(task, split, 1, seed, knobs)  # validates split and knobs
-        _positive("--num-problems", num_problems)
         _split_warning(split, training=True)
         try:
             config = GRPOConfig(
@@ -227,7 +245,7 @@ def register(app: typer.Typer) -> None:
             task, split=split, n=num_problems, seed=seed, template=_template(template), **knobs
         )
         _out_dir(out)
-        info = setup("cuda" if dev == "cuda" else "cpu")
+        info = setup(dev)
         try:
             policy, tokenizer = _load(model, str(info.device))
             llm = LocalLLM(policy, tokenizer, max_batch_size=max(32, num_samples))
@@ -244,34 +262,29 @@ def register(app: typer.Typer) -> None:
 
     @r1.command("sft")
     def sft(
-        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        model: str = _model(),
         data: Path = typer.Option(None, "--data", help="JSONL rows {prompt, completion} (from r1 sample)."),
         task_name: str = typer.Option(
             None, "--task", help="Cold start: rule-written R1-format traces of this task."
         ),
         difficulty: list[str] = typer.Option(None, "--difficulty", help="Task knobs KEY=INT (repeatable)."),
-        num_problems: int = typer.Option(64, "--num-problems", help="Cold-start examples to write."),
+        num_problems: int = _num_problems(64, "Cold-start examples to write."),
         template: str = typer.Option("r1", "--template", help="chat | r1 | r1-zero"),
         learning_rate: float = typer.Option(1e-5, "--lr", help="Learning rate."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Rows per step."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, max=10_000, help="Rows per step."),
         epochs: float = typer.Option(2.0, "--epochs", help="Passes over the data."),
-        max_steps: int = typer.Option(None, "--max-steps", help="Steps (overrides --epochs)."),
-        seed: int = typer.Option(0, "--seed", help="Seed."),
-        threads: int = typer.Option(None, "--threads", help="torch threads."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        out: Path = typer.Option(Path("runs/r1/sft"), "--out", "-o", help="Run folder."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        max_steps: int = opt.max_steps_option(None, "Steps (overrides --epochs)."),
+        seed: int = opt.seed_option(),
+        threads: int = _threads_option(),
+        device: str = _device_option(),
+        out: Path = opt.out_option(Path("runs/r1/sft"), "Run folder."),
+        no_progress: bool = opt.no_progress_option("No progress bar."),
     ) -> None:
         """Cold-start SFT (rule-written traces of --task) or SFT on a JSONL file (rejection samples)."""
         from testtime.rl.sft import SFTConfig, cold_start_examples, read_jsonl, sft_train, write_jsonl
 
         _threads(threads)
         dev = _device(device)
-        if (data is None) == (task_name is None):
-            raise UserError("give exactly one of --data FILE or --task NAME")
-        _seed("--seed", seed)
-        if max_steps is not None and max_steps < 1:
-            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         try:
             config = SFTConfig(
                 learning_rate=learning_rate,
@@ -281,10 +294,16 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 progress=not no_progress,
             )
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        if (data is None) == (task_name is None):
+            raise UserError("give exactly one of --data FILE or --task NAME")
+        if data is not None and not data.is_file():
+            raise UserError(f"--data {data}: no such file")
+        try:
             if data is not None:
                 rows = read_jsonl(data)
             else:
-                _positive("--num-problems", num_problems)
                 rows = cold_start_examples(
                     _task(task_name),
                     n=num_problems,
@@ -323,14 +342,8 @@ def register(app: typer.Typer) -> None:
         from testtime.llm.local import LocalLLM
         from testtime.rl.sft import rejection_sample
 
-        _seed("--seed", seed)
         task = _task(task_name)
         instances = _instances(task, split, num_problems, seed, _knobs(difficulty))
-        _positive("--num-samples", num_samples)
-        _positive("--temperature", temperature, zero=True)
-        _positive("--max-new-tokens", max_new_tokens)
-        if not 0 < top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {top_p}")
         _out_dir(out)
         teacher, tokenizer = _load(model, dev)
         llm = LocalLLM(teacher.eval(), tokenizer)
@@ -349,25 +362,23 @@ def register(app: typer.Typer) -> None:
 
     @r1.command("sample")
     def sample(
-        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        model: str = _model(),
         task_name: str = typer.Option("arithmetic", "--task", help="A testtime task."),
         split: str = typer.Option("train", "--split", help="Split to sample problems from."),
         difficulty: list[str] = typer.Option(None, "--difficulty", help="Task knobs KEY=INT (repeatable)."),
-        num_problems: int = typer.Option(64, "--num-problems", help="Problems."),
-        num_samples: int = typer.Option(4, "--num-samples", "-n", help="Completions per problem."),
-        temperature: float = typer.Option(0.7, "--temperature", "-t", help="Sampling temperature."),
-        top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per completion."),
+        num_problems: int = _num_problems(64),
+        num_samples: int = opt.num_samples_option(4, "Completions per problem."),
+        temperature: float = opt.temperature_option(0.7),
+        top_p: float = opt.top_p_option(),
+        max_new_tokens: int = opt.max_new_tokens_option(256, "Most tokens per completion."),
         template: str = typer.Option("r1", "--template", help="chat | r1 | r1-zero"),
         require_format: bool = typer.Option(
             False, "--require-format", help="Keep only R1-format completions."
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed."),
-        threads: int = typer.Option(None, "--threads", help="torch threads."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        out: Path = typer.Option(
-            Path("runs/r1/sample"), "--out", "-o", help="Run folder (writes sft.jsonl)."
-        ),
+        seed: int = opt.seed_option(),
+        threads: int = _threads_option(),
+        device: str = _device_option(),
+        out: Path = opt.out_option(Path("runs/r1/sample"), "Run folder (writes sft.jsonl)."),
     ) -> None:
         """Rejection sampling: sample, verify, keep the solved completions as an SFT set (<out>/sft.jsonl)."""
         from testtime.rl.sft import write_jsonl
@@ -399,31 +410,29 @@ def register(app: typer.Typer) -> None:
     @r1.command("distill")
     def distill(
         teacher: str = typer.Option(..., "--teacher", help="The teacher model (e.g. a GRPO policy folder)."),
-        model: str = typer.Option("smollm2", "--model", "-m", help="The student model."),
+        model: str = opt.model_option("smollm2", "The student model."),
         task_name: str = typer.Option("arithmetic", "--task", help="A testtime task."),
         split: str = typer.Option("train", "--split", help="Split to sample problems from."),
         difficulty: list[str] = typer.Option(None, "--difficulty", help="Task knobs KEY=INT (repeatable)."),
-        num_problems: int = typer.Option(64, "--num-problems", help="Problems."),
-        num_samples: int = typer.Option(4, "--num-samples", "-n", help="Teacher completions per problem."),
-        temperature: float = typer.Option(0.7, "--temperature", "-t", help="Teacher sampling temperature."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per completion."),
+        num_problems: int = _num_problems(64),
+        num_samples: int = opt.num_samples_option(4, "Teacher completions per problem."),
+        temperature: float = opt.temperature_option(0.7, "Teacher sampling temperature."),
+        max_new_tokens: int = opt.max_new_tokens_option(256, "Most tokens per completion."),
         template: str = typer.Option("r1", "--template", help="chat | r1 | r1-zero"),
         learning_rate: float = typer.Option(1e-5, "--lr", help="Student learning rate."),
         epochs: float = typer.Option(2.0, "--epochs", help="Passes over the teacher's verified traces."),
-        max_steps: int = typer.Option(None, "--max-steps", help="Student steps (overrides --epochs)."),
-        seed: int = typer.Option(0, "--seed", help="Seed."),
-        threads: int = typer.Option(None, "--threads", help="torch threads."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        out: Path = typer.Option(Path("runs/r1/distill"), "--out", "-o", help="Run folder."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        max_steps: int = opt.max_steps_option(None, "Student steps (overrides --epochs)."),
+        seed: int = opt.seed_option(),
+        threads: int = _threads_option(),
+        device: str = _device_option(),
+        out: Path = opt.out_option(Path("runs/r1/distill"), "Run folder."),
+        no_progress: bool = opt.no_progress_option("No progress bar."),
     ) -> None:
         """Distillation (R1 sec. 2.4): SFT of a student on the teacher's verified traces."""
         from testtime.rl.sft import SFTConfig, sft_train, write_jsonl
 
         _threads(threads)
         dev = _device(device)
-        if max_steps is not None and max_steps < 1:
-            raise UserError(f"--max-steps must be >= 1, got {max_steps}")
         try:
             config = SFTConfig(
                 learning_rate=learning_rate,
@@ -459,23 +468,23 @@ def register(app: typer.Typer) -> None:
 
     @r1.command("eval")
     def evaluate_cmd(
-        model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
+        model: str = _model(),
         task_name: str = typer.Option("arithmetic", "--task", help="A testtime task."),
         split: str = typer.Option("test", "--split", help="Held-out split (test)."),
         difficulty: list[str] = typer.Option(None, "--difficulty", help="Task knobs KEY=INT (repeatable)."),
-        num_problems: int = typer.Option(64, "--num-problems", help="Problems."),
+        num_problems: int = _num_problems(64),
         num_samples: int = typer.Option(
-            4, "--num-samples", "-n", help="k: samples per problem (0: greedy only)."
+            4, "--num-samples", "-n", min=0, max=10_000, help="k: samples per problem (0: greedy only)."
         ),
         seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds."),
-        temperature: float = typer.Option(0.6, "--temperature", "-t", help="Sampling temperature (R1: 0.6)."),
-        top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling (R1: 0.95)."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per completion."),
+        temperature: float = opt.temperature_option(0.6, "Sampling temperature (> 0; R1: 0.6)."),
+        top_p: float = opt.top_p_option(0.95, "Nucleus sampling (R1: 0.95)."),
+        max_new_tokens: int = opt.max_new_tokens_option(256, "Most tokens per completion."),
         template: str = typer.Option("r1", "--template", help="chat | r1 | r1-zero"),
-        seed: int = typer.Option(0, "--seed", help="Which problems (the split's shuffle seed)."),
-        threads: int = typer.Option(None, "--threads", help="torch threads."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        out: Path = typer.Option(Path("runs/r1/eval"), "--out", "-o", help="Run folder (completions.jsonl)."),
+        seed: int = opt.seed_option(help_text="Which problems (the split's shuffle seed)."),
+        threads: int = _threads_option(),
+        device: str = _device_option(),
+        out: Path = opt.out_option(Path("runs/r1/eval"), "Run folder (completions.jsonl)."),
     ) -> None:
         """Greedy pass@1, mean@k and pass@k with Wilson intervals; completions.jsonl for `testtime tasks audit`."""
         from testtime.llm.local import LocalLLM
@@ -494,14 +503,11 @@ def register(app: typer.Typer) -> None:
             _seed("--seeds", value)
         if not seed_list:
             raise UserError(f"--seeds wants at least one integer, got {seeds!r}")
-        _seed("--seed", seed)
         _split_warning(split, training=False)
-        if num_samples < 0:
-            raise UserError(f"--num-samples must be >= 0, got {num_samples}")
-        _positive("--temperature", temperature)
-        _positive("--max-new-tokens", max_new_tokens)
-        if not 0 < top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+        if temperature == 0:
+            raise UserError(
+                "--temperature must be > 0: it samples the k completions (greedy pass@1 is always made)"
+            )
         _out_dir(out)
         policy, tokenizer = _load(model, dev)
         llm = LocalLLM(policy.eval(), tokenizer)
