@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     def serve(
         model: str = typer.Option("smollm2", "--model", "-m", help=_MODEL_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it)."),
-        port: int = typer.Option(8000, "--port", "-p", help="TCP port to listen on."),
+        port: int = typer.Option(8000, "--port", "-p", min=1, max=65535, help="TCP port to listen on."),
         api_key: str = typer.Option(
             None,
             "--api-key",
@@ -51,12 +51,21 @@ def register(app: typer.Typer) -> None:
         served_name: str = typer.Option(
             None, "--served-model-name", help="The model id clients ask for (default: the --model value)."
         ),
-        max_batch_size: int = typer.Option(32, "--max-batch-size", help="Most rows (prompts x n) per batch."),
-        max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", help="Largest max_tokens accepted."),
-        max_prompt_tokens: int = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt accepted."),
+        max_batch_size: int = typer.Option(
+            32, "--max-batch-size", min=1, max=100_000, help="Most rows (prompts x n) per batch."
+        ),
+        max_tokens_limit: int = typer.Option(
+            4096, "--max-tokens-limit", min=1, max=10_000_000, help="Largest max_tokens accepted."
+        ),
+        max_prompt_tokens: int = typer.Option(
+            8192, "--max-prompt-tokens", min=1, max=10_000_000, help="Longest prompt accepted."
+        ),
         max_wait_ms: float = typer.Option(
             10.0,
             "--max-wait-ms",
+            min=0,
+            max=60_000,
+            callback=cli_options.finite,
             help="Static batching: how long a request waits for others to share its batch.",
         ),
         batching: str = typer.Option(
@@ -72,11 +81,13 @@ def register(app: typer.Typer) -> None:
         max_kv_tokens: int = typer.Option(
             None,
             "--max-kv-tokens",
+            min=1,
+            max=1_000_000_000,
             help="Bound on the KV cache in tokens (rows x longest prompt+max_tokens).",
         ),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
-        threads: int = typer.Option(
-            None, "--threads", help="torch threads while generating (1 is best on oversubscribed cores)."
+        threads: int = cli_options.threads_option(
+            help_text="torch threads while generating (1 is best on oversubscribed cores)."
         ),
     ) -> None:
         """Serve a local model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions,
@@ -88,33 +99,11 @@ def register(app: typer.Typer) -> None:
             from testtime.llm.server import ServerLimits, create_app
         except ModuleNotFoundError as exc:
             raise UserError(f"`testtime serve` needs {exc.name}: pip install 'testtime[serve]'") from exc
-        if not 0 < port < 65536:
-            raise UserError(f"--port must be in 1..65535, got {port}")
         start = time.perf_counter()
-        if threads is not None and not 1 <= threads <= 1024:
-            raise UserError(f"--threads must be in 1..1024, got {threads}")
         if log_level not in _LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
-        for flag, value, most in (
-            ("--max-batch-size", max_batch_size, 100_000),
-            ("--max-kv-tokens", max_kv_tokens, 1_000_000_000),
-            ("--max-tokens-limit", max_tokens_limit, 10_000_000),
-            ("--max-prompt-tokens", max_prompt_tokens, 10_000_000),
-        ):
-            if value is not None and value > most:
-                raise UserError(f"{flag} must be at most {most}, got {value}")
         if batching not in ("continuous", "static"):
             raise UserError(f"--batching must be continuous or static, got {batching!r}")
-        if max_batch_size < 1:
-            raise UserError("--max-batch-size must be >= 1")
-        if max_kv_tokens is not None and max_kv_tokens < 1:
-            raise UserError("--max-kv-tokens must be >= 1")
-        if max_tokens_limit < 1:
-            raise UserError(f"--max-tokens-limit must be >= 1, got {max_tokens_limit}")
-        if max_prompt_tokens < 1:
-            raise UserError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
-        if not 0 <= max_wait_ms < 60_000:
-            raise UserError(f"--max-wait-ms must be in [0, 60000), got {max_wait_ms}")
         torch_dtype = _dtype(dtype)
         llm = LocalLLM.from_name(
             model,
