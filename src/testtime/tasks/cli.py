@@ -192,7 +192,10 @@ def audit_command(
         "(text or chat messages; 'answer', 'response' or 'text' also work); 'task' is optional.",
     ),
     min_score: float = typer.Option(
-        0.0, "--min-score", help="Print completions scoring above this (default: every rewarded one)."
+        0.0,
+        "--min-score",
+        min=0.0,
+        help="Print completions scoring above this (default: every rewarded one).",
     ),
     chars: int = typer.Option(600, "--chars", help="Characters of each completion to print (head and tail)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per rewarded completion instead."),
