@@ -335,3 +335,25 @@ def test_trip_plans_that_plan_nothing_earn_little() -> None:
         assert task.verify(instance, one_day_each).score == 0.0
         assert task.verify(instance, all_from_day_one).score <= 0.4
         assert task.verify(instance, instance.reference or "").solved
+
+
+# -- ARC and StegPoet -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("template", ["{k} & {o}", "{k} and/or {o}", "{k}|{o}", "({k}) + ({o})", "{o} & {k}"])
+def test_arc_two_options_joined_are_no_answer(template: str) -> None:
+    task = get_task("arc-easy")
+    instance = task.instances(seed=0, n=1)[0]
+    key = instance.data["answer"]
+    other = next(label for label in instance.data["labels"] if label != key)
+    verdict = task.verify(instance, "The answer is " + template.format(k=key, o=other))
+    assert verdict.score == 0.0  # "A & B", "A and/or B", "A|B" were read as A
+
+
+def test_stegpoet_reads_words_as_a_reader_sees_them() -> None:
+    task = get_task("stegpoet")
+    instance = task.instances(seed=0, n=1)[0]
+    words = [instance.data["cipher"][str(x)] for x in instance.data["message"]]
+    glued = " a ".join(f"ü{word}" for word in words)  # no code word visible; decoded as the message: solved
+    assert task.verify(instance, glued).score == 0.0
+    split = (instance.reference or "").replace(words[0], words[0][:2] + "\u200b" + words[0][2:], 1)
+    assert task.verify(instance, split).solved  # a zero-width space inside reads as the word it shows
+    assert task.verify(instance, (instance.reference or "").upper()).solved

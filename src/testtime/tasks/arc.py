@@ -40,15 +40,15 @@ def extract_choice(text: str, labels: Sequence[str], texts: Sequence[str] = ()) 
     """The option label a model's answer names, or None.
 
     Tries, in order: "answer is (B)" / "answer: B" (the last such phrase), a lone "(B)", a text that is just
-    the label, and the exact text of one option. Naming several options ("(A) (B)", "A or B" after the
-    marker, or different parenthesised labels without one) is no answer.
+    the label, and the exact text of one option. Naming several options ("(A) (B)", "A or B", "A & B",
+    "A and/or B", "A|B" after the marker, or different parenthesised labels without one) is no answer.
     """
     text = strip_thinking(text if isinstance(text, str) else "").strip()
     group = "|".join(re.escape(label) for label in labels)
     marked = list(re.finditer(rf"(?i:answer\s*(?:is|:)?)\s*:?\s*\(?\**({group})\b\)?", text))
     if marked:
         line = text[marked[-1].start() :].split("\n", 1)[0]
-        joined = rf"(?<![\w'])\(?({group})\)?\s*(?:,|/|\bor\b|\band\b)\s*\(?({group})\b"
+        joined = rf"(?<![\w'])\(?({group})\)?(?:\s*(?:,|/|&|\||\+|\bor\b|\band\b)\s*)+\(?({group})\b"
         named = {marked[-1].group(1), *re.findall(rf"\(({group})\)", line)}
         named |= {label for pair in re.findall(joined, line) for label in pair}
         if len(named) > 1:  # "(A) (B)", "A or B": naming several options is no answer

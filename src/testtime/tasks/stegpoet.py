@@ -35,7 +35,9 @@ CODE_WORDS = [
     "kettle", "marble", "otter", "parsnip", "ribbon", "sparrow", "tundra", "willow", "zephyr", "acorn",
 ]  # fmt: skip
 _FILLER = ["and the night was still", "beneath a quiet sky", "we wandered on", "as morning came"]
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+# A word is a run of letters of any script, so a code word glued to other letters ("üharbor", "lanternß") is
+# not that code word: the decoder reads what a reader sees.
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 
 def levenshtein(a: list[Any], b: list[Any]) -> int:
