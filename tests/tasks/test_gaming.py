@@ -357,3 +357,10 @@ def test_stegpoet_reads_words_as_a_reader_sees_them() -> None:
     split = (instance.reference or "").replace(words[0], words[0][:2] + "\u200b" + words[0][2:], 1)
     assert task.verify(instance, split).solved  # a zero-width space inside reads as the word it shows
     assert task.verify(instance, (instance.reference or "").upper()).solved
+
+
+@pytest.mark.parametrize(("answer", "misread"), [("1e2", 2), ("0x10", 10), ("4.37e2", 2), ("0x1b5", 5)])
+def test_other_notations_are_not_their_last_digits(answer: str, misread: int) -> None:
+    task = get_task("arithmetic")
+    assert not task.verify(_arithmetic(misread), answer).solved  # read as their last digits, these solved
+    assert not task.verify(_arithmetic(misread), f"{answer}\n").solved

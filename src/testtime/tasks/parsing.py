@@ -34,7 +34,8 @@ _FENCE = re.compile(r"```(?:json|JSON|python)?\s*\n?(.*?)```", re.DOTALL)
 # decimal part, an optional "/ denominator", and any superscript digits or vulgar fraction glued to it (so
 # "437²" and "437½" stay one token, which is not 437).
 _GLUED = "\u00b2\u00b3\u00b9\u2070-\u2079\u00bc-\u00be\u2150-\u215e"
-_DIGITS = r"\d(?:[\d,]*\d)?(?:\.\d+)?"
+# (a hexadecimal "0x1b5" and an exponent "4.37e2" are kept whole too: not the digits they start with)
+_DIGITS = r"(?:0[xX][0-9a-fA-F]+|\d(?:[\d,]*\d)?(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _NUMBER = re.compile(rf"-?{_DIGITS}(?:[{_GLUED}]+)?(?:\s*/\s*-?{_DIGITS}(?:[{_GLUED}]+)?)?")
 _PLAIN = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d,.]+)\s*\}\s*\{\s*(-?[\d,.]+)\s*\}")
@@ -172,7 +173,8 @@ def read_number(token: str) -> Fraction | None:
 
     Commas are read only as thousands separators (``"4,370"``, ``"1,234,567"``): ``"4,37"`` (a decimal
     comma, or a malformed group) and ``"1,2345"`` are no number, never 437 or 12345. A number with a
-    superscript or a vulgar fraction glued to it (``"437²"``, ``"437½"``) is not that number either.
+    superscript or a vulgar fraction glued to it (``"437²"``, ``"437½"``) is not that number either, and
+    neither are ``"4.37e2"`` or ``"0x1b5"`` (other notations: no integer answer needs them).
     """
     parts = re.sub(r"\s+", "", token).split("/")
     if len(parts) > 2 or not all(_PLAIN.fullmatch(part) for part in parts):
