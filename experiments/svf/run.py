@@ -49,6 +49,7 @@ TASKS: dict[str, tuple[str, dict[str, int], str, int]] = {
     "arc-easy": ("arc-easy", {}, "cloze", 8),
     "arithmetic": ("arithmetic", {"digits": 1, "terms": 2}, "generate", 40),
     "countdown": ("countdown", {"num_numbers": 2, "max_number": 20}, "generate", 48),
+    "reading": ("reading", {"people": 3, "facts": 1}, "generate", 24),
 }
 UNSEEN = ("arc-challenge", {}, "cloze", 8)
 
@@ -118,6 +119,12 @@ def phase_experts(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Loc
     jobs += [(name, args.seeds[0], "ntp") for name in args.ntp_tasks]
     jobs += [(name, args.seeds[0], "lora") for name in args.lora_tasks]
     for name, seed, method in jobs:
+        path = EXPERTS / (
+            f"{name}-lora-seed{seed}" if method == "lora" else f"{name}-{method}-seed{seed}.safetensors"
+        )
+        if args.reuse and path.exists():
+            print(json.dumps({"task": name, "seed": seed, "method": method, "reused": str(path)}), flush=True)
+            continue
         task, items = _instances(name, "train", args.num_train, seed)
         env = _env(name)
         start = time.perf_counter()
@@ -154,25 +161,43 @@ def _accuracy_row(policy: SVFPolicy, name: str, items: list[Any]) -> dict[str, A
     return {"accuracy": accuracy, "n": len(items), "ci95": wilson(accuracy * len(items), len(items))}
 
 
+def _measured(args: argparse.Namespace) -> set[tuple[str, Any, str]]:
+    """(expert, seed, task) cells that earlier matrix runs measured with this many test questions
+    (``--reuse``: those are not measured again)."""
+    if not args.reuse:
+        return set()
+    rows = [row for data in _load_all("matrix") for row in data["rows"]]
+    return {(r["expert"], r.get("seed"), r["task"]) for r in rows if r["n"] == args.num_eval}
+
+
 def phase_matrix(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
     policy = SVFPolicy(svf, tokenizer, llm)
-    rows = []
+    own = RESULTS / f"matrix{TAG['value']}.json"
+    rows = json.loads(own.read_text())["rows"] if args.reuse and own.is_file() else []  # resume this tag
+    done = _measured(args)
     test = {name: _instances(name, "test", args.num_eval, 1000)[1] for name in TASKS}
     svf.reset()
     for name, items in test.items() if not args.no_base else ():
+        if ("base", None, name) in done:
+            continue
         rows.append({"expert": "base", "task": name, **_accuracy_row(policy, name, items)})
         print(json.dumps(rows[-1]), flush=True)
+        _save("matrix", {"rows": rows})
     for seed in args.seeds:
         for expert_name in TASKS:
+            todo = [name for name in test if (expert_name, seed, name) not in done]
+            if not todo:
+                continue
             expert = load_expert(EXPERTS / f"{expert_name}-svf-seed{seed}.safetensors")
             expert.apply(svf)
-            for name, items in test.items():
+            for name in todo:
+                items = test[name]
                 rows.append(
                     {"expert": expert_name, "seed": seed, "task": name, **_accuracy_row(policy, name, items)}
                 )
                 print(json.dumps(rows[-1]), flush=True)
+                _save("matrix", {"rows": rows})
             svf.reset()
-            _save("matrix", {"rows": rows})
     for expert_name in args.ntp_tasks:
         load_expert(EXPERTS / f"{expert_name}-ntp-seed{args.seeds[0]}.safetensors").apply(svf)
         rows.append(
@@ -361,7 +386,9 @@ def phase_summary(args: argparse.Namespace, *_: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["arc-easy", "arithmetic"], choices=sorted(TASKS))
+    parser.add_argument(
+        "--tasks", nargs="+", default=["arc-easy", "arithmetic", "reading"], choices=sorted(TASKS)
+    )
     parser.add_argument(
         "--phases",
         nargs="+",
@@ -399,6 +426,11 @@ def main() -> None:
         "--no-base", action="store_true", help="matrix: skip the base rows (another seed's run)"
     )
     parser.add_argument("--tag", default="", help="suffix of the results files (e.g. -seed1)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="experts: keep expert files that exist; matrix: skip cells that a results file has (same n)",
+    )
     parser.add_argument("--bundle", action="store_true")
     args = parser.parse_args()
     TAG["value"] = args.tag
