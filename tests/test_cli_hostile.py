@@ -9,11 +9,12 @@ and serving are tripwires (:data:`TRIPWIRES`: an accepted hostile value that rea
 sweep), so a bad value can never start real work.
 
 The default run is the full sweep: every command of every group, every option, every hostile value
-(about 700 invocations, 15-25 s on 2 cores; a group that needs a minute means a value got past its checks
-into real work that no tripwire covers). Every group is in :data:`ENFORCED`; a new group is swept at once
-and must be listed there (a test checks), or its problems printed, not failed, with ``TESTTIME_SWEEP_ALL=1``
-while it is fixed. ``python tests/test_cli_hostile.py [GROUP ...]`` prints the report for the given groups
-(default: all), one line per problem.
+(about 740 invocations, 10-20 s on 2 shared cores; a group that needs a minute means a value got past
+its checks into real work that no tripwire covers). Every group is in :data:`ENFORCED`, and a test checks
+that every installed group is, so a new group is swept from its first commit. Problems in code the
+commands call but do not own can be listed in :data:`KNOWN` (printed, not failed) until fixed.
+``python tests/test_cli_hostile.py [GROUP ...]`` prints the report for the given groups (default: all),
+one line per problem.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ TRIPWIRES = (
     ("testtime.svf.reinforce", "train"),
     ("testtime.svf.evaluate", "evaluate_strategies"),
     ("testtime.evolve.compare", "run_comparison"),
+    ("testtime.evolve.mind_evolution", "MindEvolution.run"),
+    ("testtime.evolve.baselines", "_Method.run"),
     ("testtime.llm.openai_backend", "OpenAILLM.__init__"),
     ("uvicorn", "run"),
 )
@@ -314,19 +317,6 @@ def test_hostile_values_are_one_clear_error(placeholder: Path, monkeypatch: pyte
         f"testtime {' '.join(o.case.args)}: {o.problem}" for o in outcomes if o.problem and o not in known
     ]
     assert not problems, "\n".join(problems)
-
-
-@pytest.mark.skipif(os.environ.get("TESTTIME_SWEEP_ALL") != "1", reason="set TESTTIME_SWEEP_ALL=1")
-def test_report_other_groups(placeholder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not enforced: prints what the groups outside ENFORCED get wrong (for whoever owns them)."""
-    from testtime.cli import COMMANDS
-
-    _tripwires(monkeypatch)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    others = tuple(name for name in COMMANDS if name not in ENFORCED)
-    problems = [o for o in sweep(others, placeholder) if o.problem]
-    for o in problems:
-        print(f"[not enforced] testtime {' '.join(o.case.args)}: {o.problem}")
 
 
 def test_sweep_catches_what_it_should(placeholder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
