@@ -364,3 +364,40 @@ def test_other_notations_are_not_their_last_digits(answer: str, misread: int) ->
     task = get_task("arithmetic")
     assert not task.verify(_arithmetic(misread), answer).solved  # read as their last digits, these solved
     assert not task.verify(_arithmetic(misread), f"{answer}\n").solved
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("234", "1\u00a0234"),  # math-verify read a no-break-space thousands group as its last group
+        ("234", "The answer is 1\u202f234."),
+        ("1234", "1,2345"),  # math-verify read a broken group as 1234
+        ("4.37", "The answer is 4,37"),  # a decimal comma: no number, as in arithmetic
+    ],
+)
+def test_gsm8k_misread_groups_do_not_pay(gold: str, answer: str) -> None:
+    assert not get_task("gsm8k").verify(_gsm8k(gold), answer).solved
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("1234", "1\u00a0234"),
+        ("1234567", "The answer is 1\u202f234\u202f567."),
+        ("1234", "\\boxed{1,234}"),
+        ("240", "The answer is $240."),
+        ("240", "\\boxed{240} dollars"),
+        ("12", "Adding 3,4,5 gives 12."),
+        ("12", "There are 3,4 and 5 items, so \\boxed{12}"),
+    ],
+)
+def test_gsm8k_legitimate_phrasings_pass(gold: str, answer: str) -> None:
+    assert get_task("gsm8k").verify(_gsm8k(gold), answer).solved, answer
+
+
+def test_arithmetic_reads_typographic_thousands_spaces() -> None:
+    task = get_task("arithmetic")
+    assert task.verify(_arithmetic(4370), "4\u00a0370").solved
+    assert task.verify(_arithmetic(1234567), "The answer is 1\u2009234\u2009567.").solved
+    assert not task.verify(_arithmetic(370), "4\u00a0370").solved  # read as its last group, this solved
+    assert not task.verify(_arithmetic(3456), "12\u00a03456").solved

@@ -20,7 +20,15 @@ from importlib import resources
 from typing import Any
 
 from testtime.tasks.base import Instance, Task, Verdict, seeded_subset
-from testtime.tasks.parsing import excerpt, hedged, last_number, read_number, strip_thinking
+from testtime.tasks.parsing import (
+    after_answer_marker,
+    excerpt,
+    hedged,
+    last_number,
+    normalize_numbers,
+    read_number,
+    strip_thinking,
+)
 
 __all__ = ["GSM8K", "gold_answer", "answers_match"]
 
@@ -50,7 +58,8 @@ def answers_match(answer: str, gold: str) -> tuple[bool, str | None]:
     Returns:
         ``(match, extracted)``.
     """
-    text = strip_thinking(answer if isinstance(answer, str) else "")[-_TAIL:]
+    # minus-sign variants as "-", "1\u00a0234" as "1,234" (math-verify read it as 234)
+    text = normalize_numbers(strip_thinking(answer if isinstance(answer, str) else "")[-_TAIL:])
     fallback = last_number(text)
     try:
         from math_verify import parse, verify
@@ -109,6 +118,15 @@ class GSM8K(Task):
                 score=0.0,
                 solved=False,
                 feedback=f"The final answer states several results ({first} ... {last}); give one number.",
+            )
+        final = last_number(after_answer_marker(answer))
+        if final is not None and "," in final and read_number(final) is None:
+            # "4,37", "1,2345": a decimal comma or a broken thousands group; math-verify reads them as 4.37
+            # and 1234, a different number
+            return Verdict(
+                score=0.0,
+                solved=False,
+                feedback=f"Could not read {excerpt(final, 30)!r} as one number; write it like 1234 or 1,234.",
             )
         ok, found = answers_match(answer, instance.data["answer"])
         if ok:

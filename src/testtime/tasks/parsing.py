@@ -21,6 +21,7 @@ __all__ = [
     "hedged",
     "last_number",
     "normalize_digits",
+    "normalize_numbers",
     "parse_clock",
     "read_number",
     "strip_thinking",
@@ -41,6 +42,7 @@ _PLAIN = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d,.]+)\s*\}\s*\{\s*(-?[\d,.]+)\s*\}")
 _MINUS = re.compile("(?<![\\d\u2012\u2013\u2212\ufe63\uff0d])[\u2012\u2013\u2212\ufe63\uff0d](?=\\d)")
 _SIGN_HEDGE = re.compile(r"(?:±|∓|\+\s*/\s*-|\\pm|\\mp|plus or minus)\s*\$?\s*$", re.IGNORECASE)
+_GROUP_SPACE = re.compile("(?<=\\d)[\u00a0\u2009\u202f](?=\\d)")
 _INVISIBLE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")  # soft hyphen, zero-width characters
 _MARKER = re.compile(
     r"(?:final answer|the answer is|answer\s*:|answer is|solution\s*:)\s*[:=]?\s*", re.IGNORECASE
@@ -158,11 +160,13 @@ def after_answer_marker(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _numeric(text: str) -> str:
-    """``text`` with a minus-sign variant before a digit (``−``, ``－``, ``–``) as ``-`` and ``\\frac{a}{b}``
-    as ``a/b``."""
+def normalize_numbers(text: str) -> str:
+    """``text`` with a minus-sign variant before a digit (``−``, ``－``, ``–``) as ``-``, a no-break or thin
+    space between digits (a typographic thousands separator, ``1\u00a0234``) as a comma (so the thousands
+    rule applies to it) and ``\\frac{a}{b}`` as ``a/b``."""
     if not text.isascii():
         text = _MINUS.sub("-", text)
+        text = _GROUP_SPACE.sub(",", text)
     if "frac" in text:
         text = _LATEX_FRACTION.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
     return text
@@ -200,7 +204,7 @@ def last_number(text: str) -> str | None:
     stays one number (``"3/4"``, ``\\frac{3}{4}`` -> ``"3/4"``); a token that is not one number
     (``"4,37"``, ``"437½"``) comes back as written, so that reading it fails (:func:`read_number`).
     """
-    found = _NUMBER.findall(_numeric(strip_thinking(text)))
+    found = _NUMBER.findall(normalize_numbers(strip_thinking(text)))
     if not found:
         return None
     return _token(found[-1])
@@ -225,7 +229,7 @@ def hedged(text: str) -> tuple[str, str] | None:
     hold several numbers. A final number after a plus-or-minus sign (``±437``, ``\\pm 437``, ``+/- 437``)
     states two results, marker or not."""
     stripped = strip_thinking(text)
-    segment = _numeric(after_answer_marker(stripped))
+    segment = normalize_numbers(after_answer_marker(stripped))
     matches = list(_NUMBER.finditer(segment[-10_000:]))
     if matches and _SIGN_HEDGE.search(
         segment[-10_000:][max(0, matches[-1].start() - 20) : matches[-1].start()]
