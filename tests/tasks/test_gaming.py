@@ -149,6 +149,7 @@ def _first_meeting(reference: str) -> str:
     [
         "{range} or from 11:00PM to 11:30PM.",  # read by its first range, it scored 1.0
         "{range}, 11:00PM to 11:30PM.",
+        "{range} and from 11:00PM to 11:30PM.",
         "{range} / from 8:00PM to 8:15PM.",
     ],
 )
@@ -175,6 +176,7 @@ def test_meeting_alternatives_in_other_steps_are_hedges() -> None:
 def test_meeting_legitimate_phrasings_pass() -> None:
     task, instance, reference = _meeting()
     body = reference.removeprefix("SOLUTION: ")
+    first = _first_meeting(reference)  # a remark with a range in other words is no alternative
     for answer in (
         reference,
         body,  # no marker
@@ -183,6 +185,7 @@ def test_meeting_legitimate_phrasings_pass() -> None:
         reference.replace(". You", ".\nYou"),
         reference.replace("AM", " a.m.").replace("PM", " p.m."),
         reference + " This meets every friend, finishing at 6:50PM.",
+        reference.replace(first, first[:-1] + " (David is free 10:15AM-11:00AM).", 1),
     ):
         assert task.verify(instance, answer).solved, answer
 

@@ -204,6 +204,7 @@ _STEP_PATTERNS = {
 
 _CLOCK_TEXT = re.compile(r"\d{1,2}:\d{2}")
 _RANGE_TEXT = re.compile(r"\d{1,2}:\d{2}\s*(?:[ap]\.?m\.?)?\s*(?:-|–|to|until)\s*\d{1,2}:\d{2}", re.I)
+_JOINED = re.compile(r"(?:[\s,;/&()\-]|\b(?:and|or|from|then|also|either|at|between)\b|[ap]\.?m\.?)*", re.I)
 _CHOICE_TEXT = re.compile(
     r"\bor\b|\beither\b|\balternative(?:ly)?\b|\binstead\b|\bmaybe\b|\bperhaps\b|\bpossibly\b|/", re.I
 )
@@ -213,8 +214,9 @@ def _alternatives(sentence: str, match: re.Match[str] | None) -> bool:
     """Whether a sentence of a plan offers alternatives: a second time range ("from 9:30AM to 10:00AM or from
     11:00AM to 11:30AM"), or a word of choice next to a time or number the step does not read ("You wait
     until 9:30AM or 10:00AM", "Alternatively, meet her at 11:00AM")."""
-    if len(_RANGE_TEXT.findall(sentence)) > 1:
-        return True
+    ranges = list(_RANGE_TEXT.finditer(sentence))
+    if any(_JOINED.fullmatch(sentence[a.end() : b.start()]) for a, b in itertools.pairwise(ranges)):
+        return True  # two ranges joined by punctuation, "and", "or", "from": not a remark in other words
     if not _CHOICE_TEXT.search(sentence):
         return False
     rest = sentence if match is None else sentence[: match.start()] + " " + sentence[match.end() :]
