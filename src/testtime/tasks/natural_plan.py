@@ -206,7 +206,7 @@ _CLOCK_TEXT = re.compile(r"\d{1,2}:\d{2}")
 _RANGE_TEXT = re.compile(r"\d{1,2}:\d{2}\s*(?:[ap]\.?m\.?)?\s*(?:-|–|to|until)\s*\d{1,2}:\d{2}", re.I)
 _JOINED = re.compile(r"(?:[\s,;/&()\-]|\b(?:and|or|from|then|also|either|at|between)\b|[ap]\.?m\.?)*", re.I)
 _CHOICE_TEXT = re.compile(
-    r"\bor\b|\beither\b|\balternative(?:ly)?\b|\binstead\b|\bmaybe\b|\bperhaps\b|\bpossibly\b|/", re.I
+    r"\bor\b|\beither\b|\balternative(?:ly)?\b|\bmaybe\b|\bperhaps\b|\bpossibly\b|/", re.I
 )
 
 
