@@ -50,6 +50,23 @@ def _targets(text: str) -> tuple[str, ...]:
     return targets
 
 
+_MAX_LAYERS = 10_000  # more decoder layers than any model has: --layers is checked against it before loading
+
+
+def _layers(text: str | None, num_layers: int = _MAX_LAYERS) -> list[int] | None:
+    """The decoder layers ``--layers`` names (None: all), or a one-line error naming the flag."""
+    from testtime.svf.svf import parse_layers
+
+    try:
+        return parse_layers(text, num_layers)
+    except UserError as exc:
+        raise UserError(f"--layers: {exc}") from None
+
+
+_PARAMETERIZATIONS = ("raw", "sigmoid")
+_ENVS = ("auto", "cloze", "generate")
+
+
 def _load(model_name: str | None, threads: int | None) -> tuple[Any, Any]:
     import torch
 
@@ -63,13 +80,13 @@ def _load(model_name: str | None, threads: int | None) -> tuple[Any, Any]:
 def _svf_for(
     model: Any, *, targets: tuple[str, ...], layers: str | None, parameterization: str, progress: bool
 ):
-    from testtime.svf.svf import SVF, SVFConfig, parse_layers
+    from testtime.svf.svf import SVF, SVFConfig
 
-    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 10**6)
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", _MAX_LAYERS)
     config = SVFConfig(
         targets=targets,
-        layers=parse_layers(layers, num_layers),
-        parameterization=_choice(parameterization, ("raw", "sigmoid"), "--parameterization"),  # type: ignore[arg-type]
+        layers=_layers(layers, num_layers),
+        parameterization=_choice(parameterization, _PARAMETERIZATIONS, "--parameterization"),  # type: ignore[arg-type]
     )
     return SVF(model, config, progress=progress)
 
@@ -123,10 +140,10 @@ def register(app: typer.Typer) -> None:
         from testtime.svf.svf import _cache_file
 
         start = time.perf_counter()
+        _layers(layers)
+        chosen = _targets(targets)
         base, _ = _load(model, threads)
-        svf = _svf_for(
-            base, targets=_targets(targets), layers=layers, parameterization="raw", progress=not no_progress
-        )
+        svf = _svf_for(base, targets=chosen, layers=layers, parameterization="raw", progress=not no_progress)
         path = _cache_file(svf.weights_hash, svf.config.dtype)
         typer.echo(
             _table(
@@ -186,13 +203,14 @@ def register(app: typer.Typer) -> None:
         )
 
         _choice(method, ("svf", "ntp", "lora"), "--method")
+        _choice(parameterization, _PARAMETERIZATIONS, "--parameterization")
+        _layers(layers)
+        chosen = _targets(targets)
         task_obj = _task(task)
         knobs = _knobs(knob)
         split = "train" if "train" in task_obj.splits else task_obj.splits[0]
         instances = task_obj.instances(split, seed=seed, n=num_train, **knobs)
-        environment = make_env(
-            task_obj, mode=_choice(env, ("auto", "cloze", "generate"), "--env"), max_new_tokens=max_new_tokens
-        )
+        environment = make_env(task_obj, mode=_choice(env, _ENVS, "--env"), max_new_tokens=max_new_tokens)
         config = ReinforceConfig(
             objective="ntp" if method == "ntp" else "reinforce",
             lr=lr or (5e-4 if method == "lora" else 2e-3),
@@ -217,7 +235,7 @@ def register(app: typer.Typer) -> None:
         else:
             svf = _svf_for(
                 base,
-                targets=_targets(targets),
+                targets=chosen,
                 layers=layers,
                 parameterization=parameterization,
                 progress=not no_progress,
@@ -338,11 +356,13 @@ def register(app: typer.Typer) -> None:
             raise UserError("--strategy classifier needs --cls-expert FILE")
         if "few-shot" in strategies and shots >= num:
             raise UserError(f"--shots ({shots}) must be smaller than --num ({num})")
+        env_mode = _choice(env, _ENVS, "--env")
+        knobs = _knobs(knob)
+        task_obj = _task(task)
         experts = [load_expert(p) for p in expert]
         classifier = load_expert(cls_expert) if cls_expert else None
         run_dir = _folder(out, "--out")
-        task_obj = _task(task)
-        instances = task_obj.instances("test", seed=seed, n=num, **_knobs(knob))
+        instances = task_obj.instances("test", seed=seed, n=num, **knobs)
         base, tokenizer = _load(model, threads)
         rows = evaluate_strategies(
             base,
@@ -352,7 +372,7 @@ def register(app: typer.Typer) -> None:
             experts,
             strategies=strategies,
             classifier=classifier,
-            env_mode=_choice(env, ("auto", "cloze", "generate"), "--env"),
+            env_mode=env_mode,
             shots=shots,
             per_layer=per_layer,
             population=population,
