@@ -213,6 +213,7 @@ def register(app: typer.Typer) -> None:
 
         _threads(threads)
         dev = _device(device)
+        template = _template(template)
         task = _task(task_name)
         knobs = _knobs(difficulty)
         _instances(task, split, 1, seed, knobs)  # validates split and knobs
@@ -238,12 +239,13 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 progress=not no_progress,
             )
-            funcs = resolve_rewards(rewards, task=task, max_completion_length=max_new_tokens)
         except ValueError as error:
             raise UserError(str(error)) from None
-        dataset = task_dataset(
-            task, split=split, n=num_problems, seed=seed, template=_template(template), **knobs
-        )
+        try:
+            funcs = resolve_rewards(rewards, task=task, max_completion_length=max_new_tokens)
+        except ValueError as error:
+            raise UserError(f"--rewards: {error}") from None
+        dataset = task_dataset(task, split=split, n=num_problems, seed=seed, template=template, **knobs)
         _out_dir(out)
         info = setup(dev)
         try:
@@ -296,6 +298,8 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as error:
             raise UserError(str(error)) from None
+        template = _template(template)
+        knobs = _knobs(difficulty)
         if (data is None) == (task_name is None):
             raise UserError("give exactly one of --data FILE or --task NAME")
         if data is not None and not data.is_file():
@@ -308,8 +312,8 @@ def register(app: typer.Typer) -> None:
                     _task(task_name),
                     n=num_problems,
                     seed=seed,
-                    template=_template(template),
-                    **_knobs(difficulty),
+                    template=template,
+                    **knobs,
                 )
             _check_rows(rows)
         except ValueError as error:
@@ -342,6 +346,7 @@ def register(app: typer.Typer) -> None:
         from testtime.llm.local import LocalLLM
         from testtime.rl.sft import rejection_sample
 
+        template = _template(template)
         task = _task(task_name)
         instances = _instances(task, split, num_problems, seed, _knobs(difficulty))
         _out_dir(out)
@@ -355,7 +360,7 @@ def register(app: typer.Typer) -> None:
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_new_tokens,
-            template=_template(template),
+            template=template,
             require_format=require_format,
             seed=seed,
         )
@@ -493,6 +498,7 @@ def register(app: typer.Typer) -> None:
 
         _threads(threads)
         dev = _device(device)
+        template = _template(template)
         task = _task(task_name)
         instances = _instances(task, split, num_problems, seed, _knobs(difficulty))
         try:
@@ -521,7 +527,7 @@ def register(app: typer.Typer) -> None:
                 top_p=top_p,
                 max_tokens=max_new_tokens,
                 seeds=seed_list,
-                template=_template(template),
+                template=template,
                 out=out,
             )
         except ValueError as error:
