@@ -404,3 +404,15 @@ def test_arithmetic_reads_typographic_thousands_spaces() -> None:
     assert task.verify(_arithmetic(1234567), "The answer is 1\u2009234\u2009567.").solved
     assert not task.verify(_arithmetic(370), "4\u00a0370").solved  # read as its last group, this solved
     assert not task.verify(_arithmetic(3456), "12\u00a03456").solved
+
+
+# -- Calendar scheduling ----------------------------------------------------------------------------------------
+def test_calendar_dash_variants_read_and_hedges_still_fail() -> None:
+    task = get_task("calendar-scheduling")
+    instance = task.instances(seed=0, n=1)[0]
+    reference = instance.reference or ""
+    for dash in (" − ", " — ", "–", " until "):
+        assert task.verify(instance, reference.replace(" - ", dash)).solved, dash
+    start, end = reference.rsplit(", ", 1)[1].split(" - ")
+    hedge = f"Here is the proposed time: {instance.data['days'][0]}, {start} − {end} or 16:00 − 17:00"
+    assert task.verify(instance, hedge).score == 0.0

@@ -766,7 +766,7 @@ class CalendarScheduling(Task):
         data = instance.data
         text = strip_thinking(answer if isinstance(answer, str) else "")
         pattern = re.compile(
-            r"(" + "|".join(DAYS) + r")\s*,?\s*(\d{1,2}:\d{2})\s*(?:-|–|to)\s*(\d{1,2}:\d{2})", re.I
+            r"(" + "|".join(DAYS) + r")\s*,?\s*(\d{1,2}:\d{2})\s*(?:-|–|—|−|to|until)\s*(\d{1,2}:\d{2})", re.I
         )
         marker = text.lower().rfind("proposed time")
         matches = list(pattern.finditer(text, max(marker, 0)))
