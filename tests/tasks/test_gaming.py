@@ -416,3 +416,18 @@ def test_calendar_dash_variants_read_and_hedges_still_fail() -> None:
     start, end = reference.rsplit(", ", 1)[1].split(" - ")
     hedge = f"Here is the proposed time: {instance.data['days'][0]}, {start} − {end} or 16:00 − 17:00"
     assert task.verify(instance, hedge).score == 0.0
+
+
+def test_trip_plans_that_ignore_the_flights_earn_less() -> None:
+    """The cities in the prompt's order with their days chained, never looking at the flights."""
+    task = get_task("trip-planning")
+    scores = []
+    for instance in task.instances(seed=0, n=20, num_cities=5):
+        plan, day = [], 1
+        for city, days in instance.data["stays"].items():
+            plan.append({"city": city, "days": f"{day}-{day + days - 1}"})
+            day += days - 1
+        verdict = task.verify(instance, json.dumps(plan))
+        if not verdict.solved:
+            scores.append(verdict.score)
+    assert scores and sum(scores) / len(scores) <= 0.75  # was 0.88: the flights are the problem's core
