@@ -105,6 +105,15 @@ def usage_line(exc: Any) -> str:
 class LazyGroup(TyperGroup):
     """The root group: commands of :data:`COMMANDS` load on demand; user errors become exit status 2."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _clicks.NoArgsIsHelpError:
+            raise
+        except _clicks.UsageError as exc:  # a bad root option (`testtime --bogus`): one line too
+            typer.secho(f"error: {usage_line(exc)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
     def list_commands(self, ctx: Any) -> list[str]:
         names = list(self.commands)
         names += [n for n, (module, _) in COMMANDS.items() if n not in names and _module_exists(module)]
