@@ -331,16 +331,22 @@ def phase_summary(args: argparse.Namespace, *_: Any) -> None:
             lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {val} "
                          f"| {r['steps']} | {r['seconds']:.0f} | {r['params']:,} |")  # fmt: skip
         lines.append("")
-    rows = [row for data in _load_all("matrix") for row in data["rows"]]
-    if rows:
+    all_rows = [row for data in _load_all("matrix") for row in data["rows"]]
+    for size in sorted({r["n"] for r in all_rows}):  # one table per test-set size
+        rows = [r for r in all_rows if r["n"] == size]
         tasks = list(dict.fromkeys(r["task"] for r in rows))
-        lines += ["## Expert-by-task matrix (test accuracy)", "",
+        lines += [f"## Expert-by-task matrix (test accuracy, {size} test questions per cell)", "",
                   "| expert | seed | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]  # fmt: skip
         keyed: dict[tuple[str, str], dict[str, str]] = {}
         for r in rows:
             seed = str(r.get("seed", "-"))
             keyed.setdefault((r["expert"], seed), {})[r["task"]] = _fmt(r)
-        for (expert, seed), cells in keyed.items():
+        first = {key: i for i, key in enumerate(keyed)}
+        order = sorted(
+            keyed, key=lambda k: (k[0] != "base", "(" in k[0], k[1], first[k])
+        )  # base, experts, ablations
+        for expert, seed in order:
+            cells = keyed[(expert, seed)]
             lines.append(f"| {expert} | {seed} | " + " | ".join(cells.get(t, "") for t in tasks) + " |")
         by_expert: dict[str, dict[str, list[float]]] = {}
         for r in rows:
