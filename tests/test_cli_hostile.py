@@ -284,6 +284,9 @@ def run_case(runner: CliRunner, case: Case) -> Outcome:
         return Outcome(case, None)  # any integer is a seed here (see ANY_INT_OK)
     if result.exit_code != 2:
         return Outcome(case, f"exit status {result.exit_code}, not 2")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if len(errors) != 1 or "\u256d" in output:  # one "error: ..." line, not a usage box
+        return Outcome(case, f"not one error line: {output.strip()[:200]!r}")
     if case.names and not any(n and n.lower() in output.lower() for n in case.names):
         last = [line for line in output.splitlines() if line.strip()][-1:] or [""]
         return Outcome(case, f"the error does not name {case.option}: {last[0].strip()[:120]}")
@@ -335,6 +338,28 @@ def test_hostile_values_are_one_clear_error(placeholder: Path, monkeypatch: pyte
         f"testtime {' '.join(o.case.args)}: {o.problem}" for o in outcomes if o.problem and o not in known
     ]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["evolve", "run", "--task", "countdown", "--max-calls", "0"], "'--max-calls'"),
+        (["r1", "grpo", "--threads", "abc"], "'--threads'"),
+        (["lm", "trian"], "Did you mean 'train'"),
+        (["svf", "train"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line(argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Click's usage errors through the real entry point: one line naming the command's help, exit 2."""
+    from testtime.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
+    assert err.endswith("--help')")
 
 
 def test_sweep_catches_what_it_should(placeholder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
