@@ -431,3 +431,11 @@ def test_trip_plans_that_ignore_the_flights_earn_less() -> None:
         if not verdict.solved:
             scores.append(verdict.score)
     assert scores and sum(scores) / len(scores) <= 0.75  # was 0.88: the flights are the problem's core
+
+
+def test_a_box_inside_a_box_is_part_of_the_outer_answer() -> None:
+    nested = "\\boxed{436 \\boxed{437}}"  # read by its inner box, this solved arithmetic and GSM8K
+    assert not get_task("arithmetic").verify(_arithmetic(437), nested).solved
+    assert not get_task("gsm8k").verify(_gsm8k("437"), nested).solved
+    assert get_task("arithmetic").verify(_arithmetic(437), "\\boxed{\\boxed{437}}").solved
+    assert get_task("gsm8k").verify(_gsm8k("437"), "So the total is \\boxed{437}.").solved

@@ -140,18 +140,29 @@ def extract_json(text: str, *, want: type | tuple[type, ...] = (dict, list), max
     return None if repeated else value
 
 
-def after_answer_marker(text: str) -> str:
-    """The text after the last "answer is" / "Answer:" / ``\\boxed{...}`` marker, or the last non-empty
-    line; at most one line."""
-    text = strip_thinking(text)
-    boxed = text.rfind("\\boxed{")
-    if boxed >= 0:
-        start = boxed + len("\\boxed{")
-        depth, end = 1, start
+def _last_boxed(text: str) -> str | None:
+    """The content of the last outermost ``\\boxed{...}`` (a box inside another box is part of it:
+    ``\\boxed{436 \\boxed{437}}`` reads as ``436 \\boxed{437}``), or None."""
+    found = None
+    at = text.find("\\boxed{")
+    while at >= 0:
+        start = end = at + len("\\boxed{")
+        depth = 1
         while end < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             end += 1
-        return text[start : end - 1 if depth == 0 else end].strip()
+        found = text[start : end - 1 if depth == 0 else end]
+        at = text.find("\\boxed{", end)
+    return found
+
+
+def after_answer_marker(text: str) -> str:
+    """The text after the last "answer is" / "Answer:" / ``\\boxed{...}`` marker (the last outermost box),
+    or the last non-empty line; at most one line."""
+    text = strip_thinking(text)
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
     markers = list(_MARKER.finditer(text))
     if markers:
         rest = text[markers[-1].end() :].strip()
