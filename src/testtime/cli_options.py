@@ -27,10 +27,14 @@ flag                     short  default      meaning
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import typer
+
+from testtime.errors import UserError
 
 __all__ = [
     "MAX_NEW_TOKENS",
@@ -44,6 +48,7 @@ __all__ = [
     "device_option",
     "finite",
     "positive",
+    "run_folder",
     "max_new_tokens_option",
     "max_steps_option",
     "model_option",
@@ -122,6 +127,24 @@ def device_callback(value: str | None) -> str | None:
         return check_device(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+def run_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create the run folder ``path`` now, so that a bad ``--out`` fails in one line before any model loads.
+
+    Raises:
+        UserError: a file is in the way, the folder cannot be created, or it is not writable.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {folder}: cannot create the run folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: the run folder is not writable")
+    return folder
 
 
 def model_option(default: Any, help_text: str) -> Any:

@@ -132,19 +132,6 @@ _MAX_TOKENS = 10**13
 _MAX_PARALLEL = 1024  # concurrent HTTP requests, or searches sharing the engine's batches
 
 
-def _out_dir(out: Path) -> Path:
-    """Create the run folder, or a one-line error when it cannot be (a file in the way, no permission)."""
-    import os
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run folder {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"the run folder {out} is not writable")
-    return out
-
-
 def _instances(task_name: str, split: str | None, seed: int, n: int, difficulty: list[str] | None) -> Any:
     from testtime.tasks import get_task
 
@@ -227,7 +214,7 @@ def run_command(
     budget = _budget(max_calls, max_total_tokens, price_input, price_output)
     search = make_method(method, calls=max_calls, config=config)
     task, (instance,) = _instances(task_name, split, seed, 1, difficulty)
-    _out_dir(out)
+    opt.run_folder(out)
     log_path = out / "log.jsonl"
     if log_path.exists() and not log_path.is_file():
         raise UserError(f"{log_path} is not a file")
@@ -350,7 +337,7 @@ def compare_command(
 
         make_method(name, calls=max_calls, config=config)
     task, instances = _instances(task_name, split, instance_seed, num_instances, difficulty)
-    _out_dir(out)
+    opt.run_folder(out)
     llm = make_llm(backend, model, base_url=base_url, threads=threads, concurrency=concurrency)
     bar = None
     if not no_progress:

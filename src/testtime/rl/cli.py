@@ -97,17 +97,6 @@ def _seed(name: str, value: int) -> int:
     return value
 
 
-def _out_dir(out: Path) -> Path:
-    """Create the run folder now, so a bad --out fails in one line before any model is loaded."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
-    return out
-
-
 def _split_warning(split: str, *, training: bool) -> None:
     if training and split == "test":
         typer.echo(
@@ -246,7 +235,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as error:
             raise UserError(f"--rewards: {error}") from None
         dataset = task_dataset(task, split=split, n=num_problems, seed=seed, template=template, **knobs)
-        _out_dir(out)
+        opt.run_folder(out)
         info = setup(dev)
         try:
             policy, tokenizer = _load(model, str(info.device))
@@ -318,7 +307,7 @@ def register(app: typer.Typer) -> None:
             _check_rows(rows)
         except ValueError as error:
             raise UserError(str(error)) from None
-        _out_dir(out)
+        opt.run_folder(out)
         write_jsonl(out / "sft_data.jsonl", rows)
         policy, tokenizer = _load(model, dev)
         try:
@@ -349,7 +338,7 @@ def register(app: typer.Typer) -> None:
         template = _template(template)
         task = _task(task_name)
         instances = _instances(task, split, num_problems, seed, _knobs(difficulty))
-        _out_dir(out)
+        opt.run_folder(out)
         teacher, tokenizer = _load(model, dev)
         llm = LocalLLM(teacher.eval(), tokenizer)
         return rejection_sample(
@@ -514,7 +503,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(
                 "--temperature must be > 0: it samples the k completions (greedy pass@1 is always made)"
             )
-        _out_dir(out)
+        opt.run_folder(out)
         policy, tokenizer = _load(model, dev)
         llm = LocalLLM(policy.eval(), tokenizer)
         try:

@@ -103,18 +103,6 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *[line(r) for r in rows]])
 
 
-def _folder(path: str, flag: str) -> Path:
-    """Create an output folder, with a one-line error when it cannot be (a file is there, no permission)."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {flag} folder {path}: {exc.strerror or exc}") from None
-    return folder
-
-
 def _task(name: str) -> Any:
     from testtime.tasks import get_task
 
@@ -227,7 +215,7 @@ def register(app: typer.Typer) -> None:
             patience=patience,
             seed=seed,
         )
-        run_dir = _folder(out or f"runs/svf/{task}-{method}", "--out")
+        run_dir = opt.run_folder(out or f"runs/svf/{task}-{method}")
         base, tokenizer = _load(model, threads)
         if method == "lora":
             policy: Any = LoRAPolicy(base, tokenizer, num_threads=threads)
@@ -361,7 +349,7 @@ def register(app: typer.Typer) -> None:
         task_obj = _task(task)
         experts = [load_expert(p) for p in expert]
         classifier = load_expert(cls_expert) if cls_expert else None
-        run_dir = _folder(out, "--out")
+        run_dir = opt.run_folder(out)
         instances = task_obj.instances("test", seed=seed, n=num, **knobs)
         base, tokenizer = _load(model, threads)
         rows = evaluate_strategies(
