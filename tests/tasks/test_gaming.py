@@ -2,13 +2,15 @@
 
 Each verifier is a reward: an answer that scores without solving teaches RL and search to write it. These
 cases were found by attacking each task (hedges, duplicate fields, number-format tricks, invisible
-characters, stated costs); every one scored before its fix. The legitimate phrasings beside them must keep
-passing.
+characters, stated costs, partial credit for no work); the attacking answers scored before the fix that
+closes them, except the few that pin down a choice (TravelPlanner's stated costs) or guard a case
+math-verify already refused. The legitimate phrasings beside them must keep passing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -137,8 +139,6 @@ def _meeting() -> tuple[Task, Instance, str]:
 
 
 def _first_meeting(reference: str) -> str:
-    import re
-
     match = re.search(r"from \d{1,2}:\d{2}[AP]M to \d{1,2}:\d{2}[AP]M\.", reference)
     assert match
     return match.group()
@@ -277,7 +277,7 @@ def test_travelplanner_costs_are_recomputed_whatever_the_answer_states() -> None
     )  # fmt: skip
     cheap = [dict(day) for day in plan]
     for day in cheap:
-        day["transportation"] = __import__("re").sub(r"cost: [\d,]+", "cost: 0", day["transportation"])
+        day["transportation"] = re.sub(r"cost: [\d,]+", "cost: 0", day["transportation"])
         day["cost"] = "$0"
     claim = json.dumps(cheap) + "\nTotal cost: $5, within the budget of $10."
     verdict = task.verify(tight, claim)
