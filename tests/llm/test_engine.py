@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from testtime.llm.engine import Engine, lean_supported
+from testtime.llm import engine as engine_module
+from testtime.llm.engine import DecodeBatch, Engine, Row, lean_supported
 from testtime.llm.reference import hf_generate_greedy
 from testtime.nn.sampling import sample_next
 
@@ -305,3 +306,84 @@ def test_bfloat16_greedy_matches_generate_in_bfloat16(tiny_llama_dir, lean):
     for prompt in PROMPTS[:2]:
         alone = engine.generate([prompt], max_new_tokens=16).tokens
         assert alone == _generate_reference(model, [prompt], 16, [-1])
+
+
+def _run_batch(batch, joins, steps=200):
+    """Step ``batch`` to the end, admitting ``joins[k]`` (a list of rows) before step ``k``."""
+    with torch.inference_mode():
+        for k in range(steps):
+            if k in joins:
+                batch.admit(joins[k])
+            if not batch.active and all(j <= k for j in joins):
+                return
+            batch.step()
+    raise AssertionError("the batch did not finish")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_chunked_prefill_equals_whole_prefill(model64, chunk):
+    """Prompts prefilled in chunks while other rows decode (rows joining at different steps, repeats of one
+    prompt among them) give the tokens and log-probs of whole prefills, and greedy rows those of generate."""
+    long_prompt = [(3 * j + 1) % 250 for j in range(23)]
+    prompts = [long_prompt, *PROMPTS, long_prompt]
+    expected = _generate_reference(model64, prompts, 9, [-1])
+
+    def rows():
+        return [Row(prompt=list(p), max_new_tokens=9, logprobs=True) for p in prompts]
+
+    engine = Engine(model64, lean=True)
+    whole = rows()
+    _run_batch(DecodeBatch(engine, max_rows=8), {0: whole})
+    chunked = rows()
+    batch = DecodeBatch(engine, max_rows=8, prefill_chunk=chunk)
+    # Staggered: the long prompt's chunks share forwards with decoding rows; its repeat joins later.
+    _run_batch(batch, {0: chunked[1:3], 2: chunked[:1] + chunked[3:5], 4: chunked[5:]})
+    assert [r.tokens for r in whole] == expected
+    assert [r.tokens for r in chunked] == expected
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-9)
+    assert batch._stage is not None, "the test wants a prefill spread over several forwards"
+
+
+def test_chunked_prefill_keeps_seeded_rows_independent(model64):
+    """A seeded row draws the same tokens alone and next to others, whatever the chunk size."""
+    long_prompt = [(7 * j + 2) % 250 for j in range(17)]
+
+    def row(prompt, seed):
+        return Row(
+            prompt=list(prompt),
+            max_new_tokens=12,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    engine = Engine(model64, lean=True)
+    alone = row(long_prompt, 5)
+    _run_batch(DecodeBatch(engine, max_rows=1), {0: [alone]})
+    for chunk in (2, 4, None):
+        together = row(long_prompt, 5)
+        others = [row(p, 10 + i) for i, p in enumerate(PROMPTS)]
+        _run_batch(
+            DecodeBatch(engine, max_rows=8, prefill_chunk=chunk),
+            {0: others[:2], 1: [together], 3: others[2:]},
+        )
+        assert together.tokens == alone.tokens, chunk
+
+
+def test_per_row_decoding_attention_equals_the_masked_one(model64, monkeypatch):
+    """Decoding rows of very different lengths: attention row by row equals one masked call."""
+    prompts = [[(5 * j + 3) % 250 for j in range(40)], [7, 8], [100, 101, 102], [250]]
+    results = {}
+    for padding in (0, 10**9):  # 0: always row by row; 10**9: never
+        monkeypatch.setattr(engine_module, "PER_ROW_ATTENTION_PADDING", padding)
+        engine = Engine(model64, lean=True)
+        out = engine.generate(prompts, max_new_tokens=8, return_logprobs=True)
+        results[padding] = out
+    assert results[0].tokens == results[10**9].tokens == _generate_reference(model64, prompts, 8, [-1])
+    for a, b in zip(results[0].logprobs, results[10**9].logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-9)
+
+
+def test_prefill_chunk_is_checked(model64):
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        DecodeBatch(Engine(model64), max_rows=2, prefill_chunk=0)

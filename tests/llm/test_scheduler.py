@@ -235,3 +235,31 @@ def test_generate_rows_interface():
     """Rows carry their own params; a row with max_new_tokens 0 finishes at admission."""
     row = Row(prompt=[1, 2], max_new_tokens=0)
     assert row.span == 2
+
+
+def test_chunked_prefill_callers_get_what_each_gets_alone(tiny_llama_dir):
+    """With prompts prefilled a few tokens per step, concurrent callers still get what each gets alone."""
+    model, tokenizer = load_model(tiny_llama_dir, dtype=torch.float64)
+    llm = LocalLLM(model, tokenizer, max_batch_size=16, prefill_chunk=3)
+    try:
+        expected = [_alone(llm, p, params) for p, params in zip(CHATS, PARAMS, strict=True)]
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            time.sleep(0.01 * i)
+            results[i] = llm.generate([CHATS[i]], PARAMS[i])[0]
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(CHATS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for i, want in enumerate(expected):
+            got = _key(results[i])
+            assert [g[0] for g in got] == [w[0] for w in want], f"request {i}"
+            for (_, lp), (_, want_lp) in zip(got, want, strict=True):
+                assert lp == pytest.approx(want_lp, abs=1e-9)
+        assert llm.scheduler.max_running > 1
+        assert max(len(llm.encode(c)) for c in CHATS) > 3, "the prompts should span several chunks"
+    finally:
+        llm.close()

@@ -17,17 +17,25 @@ weights packed once, and drops the overhead (measured in docs/benchmarks/generat
 - **Fallback path** (any other causal LM): the model's own forward with its ``DynamicCache``.
 
 **Rows join and leave between steps** (iteration-level scheduling, as in Orca, Yu et al. OSDI 2022, and
-vLLM): a :class:`DecodeBatch` holds the running rows and their KV cache; :meth:`DecodeBatch.admit` prefills
-new rows (identical prompts once, their cache rows copied) and :meth:`DecodeBatch.step` samples one token
-for every row, lets finished and cancelled rows leave, and runs one decoding forward for the rest. On the
-lean path the cache is a block of *slots* ``[L, R, Nk, C, D]``: each running row owns slot ``i < B`` and
-keeps its tokens in columns ``[0, length)`` (right padding, a per-row write column), so a row can join at
-any step without touching the others, and a leaving row's slot is refilled by moving the last row into it.
-Positions count from each prompt's first token, as ``generate``'s left padding does, so greedy output is
-token-identical to ``generate`` (up to float rounding ties, which float64 removes; tests/llm/test_engine.py).
-On the fallback path rows join only an empty batch (the model's own cache is not built for joins); they
-still leave one by one. :meth:`Engine.generate` runs one such batch to the end; the scheduler in
-:mod:`testtime.llm.scheduler` feeds a long-lived one from many callers.
+vLLM): a :class:`DecodeBatch` holds the running rows and their KV cache; :meth:`DecodeBatch.admit` queues
+new rows and :meth:`DecodeBatch.step` samples one token for every decoding row, lets finished and cancelled
+rows leave, and runs one forward for the others' new tokens together with the queued rows' prompt tokens
+(identical prompts once, their cache rows copied). On the lean path that forward packs every row's new
+tokens into one sequence (no padding between prompts of different lengths) and can take the prompts in
+chunks of ``prefill_chunk`` tokens (chunked prefill, as in Sarathi-Serve and vLLM): a long prompt no longer
+stalls the decoding rows for its whole prefill, and their tokens ride along with the chunk's weight reads.
+The cache is a block of *slots* ``[L, R, Nk, C, D]``: each decoding row owns slot ``i < B`` and keeps its
+tokens in columns ``[0, length)`` (right padding, a per-row write column), so a row can join at any step
+without touching the others, and a leaving row's slot is refilled by moving the last row into it; a prompt
+whose prefill spans several steps waits in a staging slot. Decoding attention reads each row's own columns
+only (one masked call over the longest row's columns when the rows' lengths are close, one call per row
+when a long row would make the others read mostly padding). Positions count from each prompt's first
+token, as ``generate``'s left padding does, so greedy output is token-identical to ``generate`` (up to
+float rounding ties, which float64 removes; tests/llm/test_engine.py), chunked or not.
+On the fallback path rows join only an empty batch (the model's own cache is not built for joins) and are
+prefilled whole when admitted; they still leave one by one. :meth:`Engine.generate` runs one such batch to
+the end (prompts whole, no chunks); the scheduler in :mod:`testtime.llm.scheduler` feeds a long-lived one
+from many callers.
 
 Each row carries its own sampling parameters and ``torch.Generator`` (:mod:`testtime.nn.sampling`), so a
 seeded row draws the same tokens alone or next to any other rows.
@@ -65,6 +73,7 @@ import contextlib
 import functools
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,41 +295,96 @@ class _LayerWeights:
     ln_mlp: torch.Tensor
 
 
+@dataclass(eq=False)
+class _Prefill:
+    """Rows waiting for (or in) their prompt's prefill: one prompt, prefilled once for all of them."""
+
+    rows: list[Row]
+    done: int = 0  # prompt tokens already in the cache (in the staging slot while the prefill is partial)
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.rows[0].prompt
+
+
+# Decoding attention runs row by row (each row over its own cached columns, no mask) instead of one masked
+# call over the longest row's columns when the masked call would carry more than this many padding columns
+# per row: on a CPU one SDPA call costs about as much as 200 masked columns (see docs/benchmarks/serve.md).
+PER_ROW_ATTENTION_PADDING = 192
+
+#: Prompt tokens per forward when a batch prefills in chunks (the scheduler's default; see DecodeBatch).
+DEFAULT_PREFILL_CHUNK = 256
+
+
 class DecodeBatch:
     """The running rows of one :class:`Engine` and their KV cache (see the module docstring).
 
     Not thread-safe: one thread admits and steps (the scheduler's, or :meth:`Engine.generate`'s caller).
 
+    On the lean path :meth:`admit` only queues rows; each :meth:`step` samples one token for every decoding
+    row and then runs **one forward** for the decoding rows' new tokens together with up to
+    ``prefill_chunk`` prompt tokens of the queued rows (chunked prefill: a long prompt is prefilled over
+    several steps while the running rows keep decoding, and their tokens share the weight reads of the
+    prefill). The forward packs every row's tokens into one sequence, so prompts of different lengths are
+    not padded. A row whose prompt is complete joins the decoding rows; its first token is sampled at the
+    next step. Chunks of a prompt always start at multiples of ``prefill_chunk`` from its first token
+    whatever else runs, so a row's tokens do not depend on its neighbours.
+
     Args:
         engine: the engine whose model runs the rows.
-        max_rows: the most rows at once (KV slots).
+        max_rows: the most rows at once (KV slots), decoding and queued for prefill together.
         max_kv_tokens: bound on ``rows x the longest row's prompt + max_new_tokens`` (the cache's size in
             token columns); None: no bound beyond ``max_rows``.
+        prefill_chunk: the most prompt tokens prefilled per step (lean path); None: every queued prompt
+            whole in the next step.
     """
 
-    def __init__(self, engine: Engine, *, max_rows: int, max_kv_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_rows: int,
+        max_kv_tokens: int | None = None,
+        prefill_chunk: int | None = None,
+    ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be >= 1 (or None)")
         self.engine = engine
         self.max_rows = max_rows
         self.max_kv_tokens = max_kv_tokens
-        self.rows: list[Row] = []
-        self.logits: torch.Tensor | None = None  # [B, V]: next-token logits of each running row
+        self.prefill_chunk = prefill_chunk
+        self.rows: list[Row] = []  # decoding rows; lean: row i lives in cache slot i
+        self.pending: deque[_Prefill] = deque()  # lean: rows queued for prefill, first come first served
+        self.logits: torch.Tensor | None = None  # [B, V]: next-token logits of each decoding row
         self._k: torch.Tensor | None = None  # lean: [L, R, Nk, C, D]
         self._v: torch.Tensor | None = None
-        self._valid: torch.Tensor | None = None  # lean: [R, C] bool, a real token is cached there
+        # lean: [L, 1, Nk, C, D], the slot of a prompt whose prefill is partial
+        self._stage: tuple[torch.Tensor, torch.Tensor] | None = None
         self._state: dict[str, Any] | None = None  # fallback: the model's cache and attention mask
 
     # ------------------------------------------------------------------ admission
 
+    @property
+    def num_pending(self) -> int:
+        """Rows queued for prefill (lean path)."""
+        return sum(len(group.rows) for group in self.pending)
+
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`step` has work: decoding rows or rows queued for prefill."""
+        return bool(self.rows or self.pending)
+
     def fits(self, rows: list[Row]) -> bool:
         """Whether ``rows`` can join now (slots, the KV bound, and on the fallback path an empty batch)."""
-        count = len(self.rows) + len(rows)
-        if count > self.max_rows or (self.rows and not self.engine.lean):
+        count = len(self.rows) + self.num_pending + len(rows)
+        if count > self.max_rows or (self.active and not self.engine.lean):
             return False
         if self.max_kv_tokens is None:
             return True
-        return count * max(r.span for r in self.rows + rows) <= self.max_kv_tokens
+        queued = [r for group in self.pending for r in group.rows]
+        return count * max(r.span for r in self.rows + queued + rows) <= self.max_kv_tokens
 
     def fits_alone(self, rows: list[Row]) -> bool:
         """Whether ``rows`` could ever join (in an empty batch)."""
@@ -329,9 +393,10 @@ class DecodeBatch:
         return self.max_kv_tokens is None or len(rows) * max(r.span for r in rows) <= self.max_kv_tokens
 
     def admit(self, rows: list[Row]) -> list[Row]:
-        """Prefill ``rows`` and add them to the batch; returns those finished at once (``max_new_tokens`` 0).
+        """Add ``rows``; returns those finished at once (``max_new_tokens`` 0, or cancelled).
 
-        Identical prompts among ``rows`` are prefilled once and their cache copied.
+        Lean path: the rows are queued and prefilled by the next steps. Fallback path: they are prefilled
+        now (into an empty batch). Identical prompts among ``rows`` are prefilled once and their cache copied.
         """
         done = [r for r in rows if r.max_new_tokens == 0 or r.cancelled]
         for row in done:
@@ -341,20 +406,24 @@ class DecodeBatch:
             return done
         if any(len(r.prompt) == 0 for r in rows):
             raise ValueError("every prompt needs at least one token")
-        unique: dict[tuple[int, ...], int] = {}
-        source = [unique.setdefault(tuple(r.prompt), len(unique)) for r in rows]
-        # Distinct prompts first (they are prefilled), then the repeats (their cache is copied).
-        firsts = [source.index(u) for u in range(len(unique))]
-        order = firsts + [i for i in range(len(rows)) if i not in firsts]
-        rows = [rows[i] for i in order]
-        source = [source[i] for i in order]
-        if self.engine.lean:
-            logits = self._prefill_lean(rows, len(unique), source)
-        else:
-            logits = self._prefill_fallback(rows, len(unique), source)
+        groups: dict[tuple[int, ...], _Prefill] = {}
         for row in rows:
+            key = tuple(row.prompt)
+            if key in groups:
+                groups[key].rows.append(row)
+            else:
+                groups[key] = _Prefill([row])
+        if self.engine.lean:
+            self.pending.extend(groups.values())
+            return done
+        # Distinct prompts first (they are prefilled), then the repeats (their cache is copied).
+        ordered = [g.rows[0] for g in groups.values()] + [r for g in groups.values() for r in g.rows[1:]]
+        index = {key: i for i, key in enumerate(groups)}
+        source = [index[tuple(r.prompt)] for r in ordered]
+        logits = self._prefill_fallback(ordered, len(groups), source)
+        for row in ordered:
             row.cached = len(row.prompt)
-        self.rows += rows
+        self.rows += ordered
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         return done
 
@@ -364,62 +433,33 @@ class DecodeBatch:
         have_cols = 0 if self._k is None else self._k.shape[3]
         if num_rows <= have_rows and columns <= have_cols:
             return
-        new_rows = max(num_rows, min(self.max_rows, 2 * have_rows))
-        new_cols = max(columns, have_cols)
-        new_cols = 64 * math.ceil(new_cols / 64)
+        new_rows = max(num_rows, have_rows, min(self.max_rows, 2 * have_rows))
+        new_cols = 64 * math.ceil(max(columns, have_cols) / 64)
         config = engine.model.config
         shape = (config.num_hidden_layers, new_rows, engine.num_kv_heads, new_cols, engine.head_dim)
         # Zeros, not empty: masked-out columns still enter attention's product with weight 0, and 0 * NaN
         # (uninitialised memory) would be NaN.
         k = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
         v = torch.zeros(shape, dtype=engine.dtype, device=engine.device)
-        valid = torch.zeros(new_rows, new_cols, dtype=torch.bool, device=engine.device)
-        if self._k is not None and self.rows:
+        if self._k is not None and self._v is not None and self.rows:
             b = len(self.rows)
             used = max(r.cached for r in self.rows)
             k[:, :b, :, :used] = self._k[:, :b, :, :used]
             v[:, :b, :, :used] = self._v[:, :b, :, :used]
-            valid[:b, :used] = self._valid[:b, :used]
-        self._k, self._v, self._valid = k, v, valid
+        self._k, self._v = k, v
 
-    def _prefill_lean(self, rows: list[Row], num_unique: int, source: list[int]) -> torch.Tensor:
-        engine = self.engine
-        engine._sync_weights()
-        first = len(self.rows)
-        span = max(r.span for r in self.rows + rows)
-        self._ensure_capacity(first + len(rows), span)
-        assert self._k is not None and self._v is not None and self._valid is not None
-        distinct = rows[:num_unique]
-        width = max(len(r.prompt) for r in distinct)
-        device = engine.device
-        ids = torch.zeros((num_unique, width), dtype=torch.long)
-        for i, row in enumerate(distinct):
-            ids[i, : len(row.prompt)] = torch.tensor(row.prompt)
-        lengths = torch.tensor([len(r.prompt) for r in rows], device=device)
-        slots = slice(first, first + len(rows))
-        self._valid[slots] = False
-        self._valid[slots, :width] = torch.arange(width, device=device)[None] < lengths[:, None]
-        positions = torch.arange(width, device=device).expand(num_unique, width)
-        valid = self._valid[first : first + num_unique, :width]
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        # A padding query may see nothing valid: let every query see itself so no softmax row is empty.
-        mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
-        hidden = engine._forward_lean(
-            ids.to(device),
-            positions,
-            self._k[:, first : first + num_unique],
-            self._v[:, first : first + num_unique],
-            write=None,
-            mask=mask[:, None],
-            num_keys=width,
-            last=lengths[:num_unique] - 1,
-        )
-        logits = engine._logits(hidden)
-        for i in range(num_unique, len(rows)):
-            src, dst, n = first + source[i], first + i, len(rows[i].prompt)
-            self._k[:, dst, :, :n] = self._k[:, src, :, :n]
-            self._v[:, dst, :, :n] = self._v[:, src, :, :n]
-        return logits[torch.tensor(source, device=device)]
+    def _stage_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The staging slot of a partial prefill, with at least ``length`` columns."""
+        if self._stage is None or self._stage[0].shape[3] < length:
+            engine = self.engine
+            config = engine.model.config
+            columns = 64 * math.ceil(length / 64)
+            shape = (config.num_hidden_layers, 1, engine.num_kv_heads, columns, engine.head_dim)
+            self._stage = (
+                torch.zeros(shape, dtype=engine.dtype, device=engine.device),
+                torch.zeros(shape, dtype=engine.dtype, device=engine.device),
+            )
+        return self._stage
 
     def _prefill_fallback(self, rows: list[Row], num_unique: int, source: list[int]) -> torch.Tensor:
         from transformers import DynamicCache
@@ -454,72 +494,98 @@ class DecodeBatch:
     # ------------------------------------------------------------------ decoding
 
     def step(self) -> list[Row]:
-        """Sample one token for every row, let finished rows leave, run one forward for the others.
+        """Sample one token for every decoding row, let finished rows leave, run one forward for the others.
+
+        On the lean path the forward also prefills the next chunk of the queued prompts (see the class).
 
         Returns:
-            The rows that finished (their ``finish_reason`` set), in batch order.
+            The rows that finished (their ``finish_reason`` set), in batch order; queued rows cancelled
+            before their prefill completed come first.
         """
+        done = self._drop_cancelled_pending()
         rows = self.rows
-        if not rows:
-            return []
-        assert self.logits is not None and self.logits.shape[0] == len(rows)
-        want_logprobs = any(r.logprobs for r in rows)
-        num_top = max(r.top_logprobs for r in rows)
-        out = sample(
-            self.logits,
-            temperature=[r.temperature for r in rows],
-            top_p=[r.top_p for r in rows],
-            top_k=[r.top_k for r in rows],
-            generators=[r.generator for r in rows],
-            logprobs=want_logprobs,
-            logprobs_scaled=[r.logprobs_scaled for r in rows],
-            num_top_logprobs=num_top,
-        )
-        tokens = out.tokens.tolist()
-        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
-        top_ids = out.top_ids.tolist() if out.top_ids is not None else None
-        top_values = out.top_logprobs.tolist() if out.top_logprobs is not None else None
-        finished: list[int] = []
-        for i, row in enumerate(rows):
-            if row.cancelled:
-                row.finish_reason = "cancelled"
-                finished.append(i)
-                continue
-            token = tokens[i]
-            row.tokens.append(token)
-            if row.logprobs and logprobs is not None:
-                row.token_logprobs.append(logprobs[i])
-            if row.top_logprobs and top_ids is not None and top_values is not None:
-                k = row.top_logprobs
-                row.tops.append(list(zip(top_ids[i][:k], top_values[i][:k], strict=True)))
-            if token in row.stop_token_ids or (row.stop_check is not None and row.stop_check(row.tokens)):
-                row.finish_reason = "stop"
-            elif len(row.tokens) >= row.max_new_tokens:
-                row.finish_reason = "length"
-            if row.finish_reason is not None:
-                finished.append(i)
-            if row.on_token is not None:
-                row.on_token(row)
-        done = [rows[i] for i in finished]
-        last = out.tokens
-        if finished:
-            keep = self._remove(finished)
-            last = last[keep]
-        if self.rows:
+        last: torch.Tensor | None = None
+        if rows:
+            assert self.logits is not None and self.logits.shape[0] == len(rows)
+            want_logprobs = any(r.logprobs for r in rows)
+            num_top = max(r.top_logprobs for r in rows)
+            out = sample(
+                self.logits,
+                temperature=[r.temperature for r in rows],
+                top_p=[r.top_p for r in rows],
+                top_k=[r.top_k for r in rows],
+                generators=[r.generator for r in rows],
+                logprobs=want_logprobs,
+                logprobs_scaled=[r.logprobs_scaled for r in rows],
+                num_top_logprobs=num_top,
+            )
+            tokens = out.tokens.tolist()
+            logprobs = out.logprobs.tolist() if out.logprobs is not None else None
+            top_ids = out.top_ids.tolist() if out.top_ids is not None else None
+            top_values = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+            finished: list[int] = []
+            for i, row in enumerate(rows):
+                if row.cancelled:
+                    row.finish_reason = "cancelled"
+                    finished.append(i)
+                    continue
+                token = tokens[i]
+                row.tokens.append(token)
+                if row.logprobs and logprobs is not None:
+                    row.token_logprobs.append(logprobs[i])
+                if row.top_logprobs and top_ids is not None and top_values is not None:
+                    k = row.top_logprobs
+                    row.tops.append(list(zip(top_ids[i][:k], top_values[i][:k], strict=True)))
+                if token in row.stop_token_ids or (row.stop_check is not None and row.stop_check(row.tokens)):
+                    row.finish_reason = "stop"
+                elif len(row.tokens) >= row.max_new_tokens:
+                    row.finish_reason = "length"
+                if row.finish_reason is not None:
+                    finished.append(i)
+                if row.on_token is not None:
+                    row.on_token(row)
+            done += [rows[i] for i in finished]
+            last = out.tokens
+            if finished:
+                keep = self._remove(finished)
+                last = last[keep]
+        if self.engine.lean:
+            self.logits = self._forward_step(last) if self.active else None
+        elif self.rows:
+            assert last is not None
             self.logits = self._decode(last)
         else:
             self.logits = None
             self._state = None
         return done
 
+    def _drop_cancelled_pending(self) -> list[Row]:
+        """Queued rows cancelled before their prefill completed leave (a group with none left is dropped)."""
+        gone: list[Row] = []
+        if not any(r.cancelled for group in self.pending for r in group.rows):
+            return gone
+        kept: deque[_Prefill] = deque()
+        for group in self.pending:
+            alive = [r for r in group.rows if not r.cancelled]
+            for row in group.rows:
+                if row.cancelled:
+                    row.finish_reason = "cancelled"
+                    gone.append(row)
+            if alive:
+                group.rows = alive
+                kept.append(group)
+        self.pending = kept
+        return gone
+
     def cancel_all(self) -> list[Row]:
-        """Mark every running row cancelled and drop it (returns them)."""
-        rows = list(self.rows)
+        """Mark every running and queued row cancelled and drop it (returns them)."""
+        rows = list(self.rows) + [r for group in self.pending for r in group.rows]
         for row in rows:
             row.cancelled = True
             row.finish_reason = "cancelled"
-        if rows:
-            self._remove(list(range(len(rows))))
+        if self.rows:
+            self._remove(list(range(len(self.rows))))
+        self.pending.clear()
         self.logits = None
         self._state = None
         return rows
@@ -529,14 +595,13 @@ class DecodeBatch:
         device = self.engine.device
         positions = list(range(len(self.rows)))
         if self.engine.lean:
-            assert self._k is not None and self._v is not None and self._valid is not None
+            assert self._k is not None and self._v is not None
             for i in sorted(indices, reverse=True):
                 last = len(self.rows) - 1
                 if i != last:  # the last row moves into the freed slot
                     n = self.rows[last].cached
                     self._k[:, i, :, :n] = self._k[:, last, :, :n]
                     self._v[:, i, :, :n] = self._v[:, last, :, :n]
-                    self._valid[i] = self._valid[last]
                     self.rows[i] = self.rows[last]
                     positions[i] = positions[last]
                 self.rows.pop()
@@ -551,46 +616,110 @@ class DecodeBatch:
                 self._state["cache"].batch_select_indices(keep)
         return torch.tensor(positions, dtype=torch.long, device=device)
 
+    def _forward_step(self, last: torch.Tensor | None) -> torch.Tensor:
+        """Lean path: one forward of the decoding rows' last tokens and the next prefill chunk.
+
+        Returns:
+            The next logits ``[B, V]`` of the decoding rows, those whose prefill completed appended.
+        """
+        engine = self.engine
+        device = engine.device
+        b = len(self.rows)
+        budget = self.prefill_chunk if self.prefill_chunk is not None else math.inf
+        plan: list[tuple[_Prefill, int, int]] = []  # (group, first column, tokens) in this forward
+        for group in self.pending:
+            # A prompt's chunks start at multiples of prefill_chunk whatever else shares the forward; a
+            # queued prompt whose next chunk does not fit in what is left of the budget waits a step.
+            count = len(group.prompt) - group.done
+            if self.prefill_chunk is not None:
+                count = min(count, self.prefill_chunk - group.done % self.prefill_chunk)
+            if count > budget:
+                break
+            plan.append((group, group.done, count))
+            budget -= count
+        new_rows = [r for g, start, count in plan if start + count == len(g.prompt) for r in g.rows]
+        if plan:
+            engine._sync_weights()
+        spans = [r.cached + 1 for r in self.rows] + [len(r.prompt) for r in new_rows]
+        self._ensure_capacity(max(1, b + len(new_rows)), max(spans, default=1))
+        assert self._k is not None and self._v is not None
+        ids: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        if b:
+            assert last is not None
+            ids.append(last)
+            positions.append(torch.tensor([r.cached for r in self.rows], device=device))
+        segments: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []
+        outputs = list(range(b))
+        bases: list[tuple[_Prefill, int]] = []  # completing groups and their first slot
+        slot, offset = b, b
+        for group, start, count in plan:
+            prompt = group.prompt
+            ids.append(torch.tensor(prompt[start : start + count], device=device))
+            positions.append(torch.arange(start, start + count, device=device))
+            if start + count == len(prompt):  # completes: into its decoding slot (earlier chunks moved there)
+                if start > 0:
+                    assert self._stage is not None
+                    self._k[:, slot, :, :start] = self._stage[0][:, 0, :, :start]
+                    self._v[:, slot, :, :start] = self._stage[1][:, 0, :, :start]
+                segments.append((self._k, self._v, slot, start, count))
+                outputs.append(offset + count - 1)
+                bases.append((group, slot))
+                slot += len(group.rows)
+            else:  # partial: the staging slot until it completes
+                stage_k, stage_v = self._stage_for(len(prompt))
+                segments.append((stage_k, stage_v, 0, start, count))
+            offset += count
+            group.done = start + count
+        hidden = engine._forward_packed(
+            torch.cat(ids),
+            torch.cat(positions),
+            self._k,
+            self._v,
+            num_decode=b,
+            decode_lengths=[r.cached + 1 for r in self.rows],
+            segments=segments,
+            outputs=torch.tensor(outputs, dtype=torch.long, device=device),
+        )
+        logits = engine._logits(hidden)
+        for row in self.rows:
+            row.cached += 1
+        if bases:
+            expand = list(range(b))
+            for index, (group, base) in enumerate(bases):
+                n = len(group.prompt)
+                for k in range(1, len(group.rows)):  # identical prompts: copy the first row's cache
+                    self._k[:, base + k, :, :n] = self._k[:, base, :, :n]
+                    self._v[:, base + k, :, :n] = self._v[:, base, :, :n]
+                for row in group.rows:
+                    row.cached = n
+                    expand.append(b + index)
+                self.pending.remove(group)
+                self.rows += group.rows
+            logits = logits[torch.tensor(expand, dtype=torch.long, device=device)]
+        return logits
+
     def _decode(self, last: torch.Tensor) -> torch.Tensor:
-        """One forward of the last sampled token of every row; returns the next logits ``[B, V]``."""
+        """Fallback path: one forward of the last sampled token of every row; returns the next logits."""
         engine = self.engine
         device = engine.device
         cached = torch.tensor([r.cached for r in self.rows], device=device)
-        if engine.lean:
-            assert self._k is not None and self._v is not None and self._valid is not None
-            b = len(self.rows)
-            need = max(r.cached for r in self.rows) + 1
-            self._ensure_capacity(b, need)
-            self._valid[torch.arange(b, device=device), cached] = True
-            hidden = engine._forward_lean(
-                last[:, None],
-                cached[:, None],
-                self._k[:, :b],
-                self._v[:, :b],
-                write=cached,
-                mask=self._valid[:b, :need][:, None, None, :],
-                num_keys=need,
-                last=None,
-            )
-            logits = engine._logits(hidden)
-        else:
-            assert self._state is not None
-            state = self._state
-            mask = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=-1)
-            model = engine.model
-            out = model(
-                input_ids=last[:, None],
-                attention_mask=mask,
-                position_ids=cached[:, None],
-                use_cache=True,
-                **cache_kwargs(model, state["cache"]),
-            )
-            state["mask"] = mask
-            state["cache"] = returned_cache(out)
-            logits = out.logits[:, -1]
+        assert self._state is not None
+        state = self._state
+        mask = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=-1)
+        model = engine.model
+        out = model(
+            input_ids=last[:, None],
+            attention_mask=mask,
+            position_ids=cached[:, None],
+            use_cache=True,
+            **cache_kwargs(model, state["cache"]),
+        )
+        state["mask"] = mask
+        state["cache"] = returned_cache(out)
         for row in self.rows:
             row.cached += 1
-        return logits
+        return out.logits[:, -1]
 
 
 class Engine:
@@ -898,6 +1027,129 @@ class Engine:
             x = x[:, 0]
         return rms_norm(x, self._misc[2], eps=self.eps)
 
+    def _forward_packed(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        *,
+        num_decode: int,
+        decode_lengths: list[int],
+        segments: list[tuple[torch.Tensor, torch.Tensor, int, int, int]],
+        outputs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the decoder over the packed new tokens of many rows, writing their K/V into the rows' caches.
+
+        The first ``num_decode`` tokens are the decoding rows' last tokens (row ``i`` in cache slot ``i``,
+        written at column ``decode_lengths[i] - 1``); the rest are prompt chunks, one per segment, in order.
+        Matrix products, norms and RoPE run on all ``N`` tokens at once; attention runs per kind: the decoding
+        rows together (each over its own columns) and each chunk causally over its row's cached columns.
+
+        Args:
+            ids: ``[N]`` token ids.
+            positions: ``[N]`` RoPE positions.
+            cache_k, cache_v: ``[L, R, Nk, C, D]`` the decoding rows' slots.
+            num_decode: ``B``, the decoding rows.
+            decode_lengths: per decoding row, its cached tokens after this forward.
+            segments: per prompt chunk ``(cache_k, cache_v, slot, start, count)``: its tokens go to columns
+                ``[start, start + count)`` of that slot of that cache, whose columns ``[0, start)`` hold the
+                prompt's earlier chunks.
+            outputs: the token indices whose final hidden state to return.
+
+        Returns:
+            ``[len(outputs), H]`` final-normed hidden states.
+        """
+        total = ids.shape[0]
+        nh, nk, d = self.num_heads, self.num_kv_heads, self.head_dim
+        groups = nh // nk
+        b = num_decode
+        assert self._misc is not None, "_sync_weights runs before any forward"
+        x = F.embedding(ids, self._misc[1])
+        top = max([n for n in decode_lengths] + [start + count for _, _, _, start, count in segments])
+        table_cos, table_sin = self._rope_tables(top)
+        cos = table_cos[positions].unsqueeze(1)  # [N, 1, D]
+        sin = table_sin[positions].unsqueeze(1)
+        q_size, kv_size = nh * d, nk * d
+        device = ids.device
+        if b:
+            rows = torch.arange(b, device=device)
+            write = torch.tensor([n - 1 for n in decode_lengths], device=device)
+            need = max(decode_lengths)
+            # One call over the longest row's columns (the others masked), or one call per row over its
+            # own columns when that would mostly read padding (CPU; see PER_ROW_ATTENTION_PADDING).
+            per_row = (
+                device.type == "cpu"
+                and b > 1
+                and b * need - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
+            )
+            mask = None
+            if not per_row and min(decode_lengths) < need:
+                lengths = torch.tensor(decode_lengths, device=device)
+                mask = (torch.arange(need, device=device)[None] < lengths[:, None])[:, None, None, :]
+        chunk_masks: list[torch.Tensor | None] = []
+        for _, _, _, start, count in segments:
+            if start == 0:
+                chunk_masks.append(None)  # plain causal
+            else:  # query j (column start + j) sees columns [0, start + j]
+                columns = torch.arange(start + count, device=device)
+                chunk_masks.append(
+                    columns[None] <= torch.arange(start, start + count, device=device)[:, None]
+                )
+        for index, weights in enumerate(self._layers):
+            h = rms_norm(x, weights.ln_attn, eps=self.eps)
+            qkv = weights.qkv(h)
+            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+            q = apply_rope_native(q.view(total, nh, d), cos, sin)
+            k = apply_rope_native(k.view(total, nk, d), cos, sin)
+            v = v.view(total, nk, d)
+            pieces = []
+            if b:
+                layer_k, layer_v = cache_k[index], cache_v[index]  # [R, Nk, C, D]
+                layer_k[rows, :, write] = k[:b]
+                layer_v[rows, :, write] = v[:b]
+                # Fold the G query heads of each KV group into the query-length axis: [B, Nk, G, D].
+                folded = q[:b].view(b, nk, groups, d)
+                if per_row:
+                    out = torch.cat(
+                        [
+                            F.scaled_dot_product_attention(
+                                folded[i : i + 1],
+                                layer_k[i : i + 1, :, :n],
+                                layer_v[i : i + 1, :, :n],
+                                scale=self.scale,
+                            )
+                            for i, n in enumerate(decode_lengths)
+                        ]
+                    )
+                else:
+                    out = F.scaled_dot_product_attention(
+                        folded, layer_k[:b, :, :need], layer_v[:b, :, :need], attn_mask=mask, scale=self.scale
+                    )
+                pieces.append(out.reshape(b, nh * d))
+            offset = b
+            for (seg_k, seg_v, slot, start, count), chunk_mask in zip(segments, chunk_masks, strict=True):
+                end = offset + count
+                seg_layer_k, seg_layer_v = seg_k[index], seg_v[index]
+                seg_layer_k[slot, :, start : start + count] = k[offset:end].transpose(0, 1)
+                seg_layer_v[slot, :, start : start + count] = v[offset:end].transpose(0, 1)
+                out = F.scaled_dot_product_attention(
+                    q[offset:end].transpose(0, 1)[None],  # [1, Nh, count, D]
+                    seg_layer_k[slot : slot + 1, :, : start + count],
+                    seg_layer_v[slot : slot + 1, :, : start + count],
+                    attn_mask=chunk_mask,
+                    is_causal=chunk_mask is None,
+                    scale=self.scale,
+                    enable_gqa=groups > 1,
+                )
+                pieces.append(out[0].transpose(0, 1).reshape(count, nh * d))
+                offset = end
+            x = x + weights.o(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+            h = rms_norm(x, weights.ln_mlp, eps=self.eps)
+            gate, up = weights.gate_up(h).chunk(2, dim=-1)
+            x = x + weights.down(F.silu(gate) * up)
+        return rms_norm(x[outputs], self._misc[2], eps=self.eps)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._head is not None, "_sync_weights runs before any forward"
         return self._head[1](hidden)
@@ -971,7 +1223,7 @@ class Engine:
         batch = DecodeBatch(self, max_rows=len(rows))
         with self.computing():
             batch.admit(rows)
-        while batch.rows:
+        while batch.active:
             with self.computing():
                 batch.step()
         return GenerationResult(

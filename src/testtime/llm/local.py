@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from testtime.llm.engine import Engine, Row
+from testtime.llm.engine import DEFAULT_PREFILL_CHUNK, Engine, Row
 from testtime.llm.protocol import BaseLLM, Completion, ContinuationScore, Prompt, SamplingParams, as_messages
 from testtime.llm.scheduler import RequestHandle, Scheduler
 
@@ -45,6 +45,8 @@ class LocalLLM(BaseLLM):
         lean: passed to the engine (None: lean forward when the architecture supports it).
         num_threads: torch threads while the engine runs (None: torch's setting).
         max_kv_tokens: bound on the KV cache in token columns (None: ``max_batch_size`` alone bounds it).
+        prefill_chunk: the most prompt tokens the scheduler prefills per step, so that long prompts join
+            the running batch in chunks instead of stalling it (None: whole prompts).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LocalLLM(BaseLLM):
         lean: bool | None = None,
         num_threads: int | None = None,
         max_kv_tokens: int | None = None,
+        prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         super().__init__(defaults=defaults)
         if max_batch_size < 1:
@@ -67,7 +70,12 @@ class LocalLLM(BaseLLM):
         self.name = name
         self.max_batch_size = max_batch_size
         self.engine = Engine(model, lean=lean, num_threads=num_threads)
-        self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size, max_kv_tokens=max_kv_tokens)
+        self.scheduler = Scheduler(
+            self.engine,
+            max_batch_size=max_batch_size,
+            max_kv_tokens=max_kv_tokens,
+            prefill_chunk=prefill_chunk,
+        )
         self._static_lock = threading.Lock()
         eos: set[int] = set()
         if tokenizer.eos_token_id is not None:

@@ -4,11 +4,14 @@ Iteration-level scheduling (Orca, Yu et al., OSDI 2022; vLLM, Kwon et al., SOSP 
 any thread or asyncio task, each with its own sampling parameters; at every iteration the scheduler thread
 
 1. admits waiting rows, first come first served, while the batch has free slots and the KV bound holds
-   (``rows x longest prompt + max_tokens <= max_kv_tokens``): they are prefilled together (identical prompts
-   once) and join the running batch;
-2. runs one decoding step for the whole batch: every row samples one token with its own parameters and
+   (``rows x longest prompt + max_tokens <= max_kv_tokens``): they are queued for prefill (identical
+   prompts once);
+2. runs one step for the whole batch: every decoding row samples one token with its own parameters and
    generator, finished and cancelled rows leave and their requests are answered as soon as their last row
-   is done.
+   is done; then one forward computes the decoding rows' next logits together with up to
+   ``prefill_chunk`` tokens of the queued prompts (chunked prefill: a 600-token prompt joins over a few
+   iterations while the others keep decoding, instead of stalling them for its whole prefill). A row whose
+   prompt is complete decodes from the next iteration on.
 
 Admission stops at the first row that does not fit (no overtaking, so a long request is not starved by
 short ones). A row too large for the KV bound even alone is refused at submission. Each iteration's prefill
@@ -27,7 +30,7 @@ from collections import deque
 
 import torch
 
-from testtime.llm.engine import DecodeBatch, Engine, Row, _threads
+from testtime.llm.engine import DEFAULT_PREFILL_CHUNK, DecodeBatch, Engine, Row, _threads
 
 __all__ = ["RequestHandle", "Scheduler"]
 
@@ -78,11 +81,22 @@ class Scheduler:
         engine: the engine.
         max_batch_size: the most running rows (KV slots).
         max_kv_tokens: bound on the KV cache in token columns (None: ``max_batch_size`` alone bounds it).
+        prefill_chunk: the most prompt tokens prefilled per iteration (chunked prefill, see the module
+            docstring); None prefills every admitted prompt whole at the next iteration.
     """
 
-    def __init__(self, engine: Engine, *, max_batch_size: int = 32, max_kv_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_size: int = 32,
+        max_kv_tokens: int | None = None,
+        prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+    ) -> None:
         self.engine = engine
-        self.batch = DecodeBatch(engine, max_rows=max_batch_size, max_kv_tokens=max_kv_tokens)
+        self.batch = DecodeBatch(
+            engine, max_rows=max_batch_size, max_kv_tokens=max_kv_tokens, prefill_chunk=prefill_chunk
+        )
         self._waiting: deque[Row] = deque()
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -124,8 +138,8 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        """Rows in the running batch now."""
-        return len(self.batch.rows)
+        """Rows in the running batch now (decoding, or admitted and waiting for their prefill to complete)."""
+        return len(self.batch.rows) + self.batch.num_pending
 
     @property
     def waiting(self) -> int:
@@ -138,7 +152,7 @@ class Scheduler:
             self._closed = True
             for row in self._waiting:
                 row.cancelled = True
-            for row in self.batch.rows:
+            for row in self.batch.rows + [r for group in self.batch.pending for r in group.rows]:
                 row.cancelled = True
             self._condition.notify_all()
         if self._thread is not None:
@@ -164,7 +178,7 @@ class Scheduler:
         engine = self.engine
         while True:
             with self._condition:
-                while not self._closed and not self._waiting and not self.batch.rows:
+                while not self._closed and not self._waiting and not self.batch.active:
                     self._condition.wait()
                 admit, dropped = self._take()
                 closed = self._closed
@@ -178,19 +192,21 @@ class Scheduler:
                             for row in self.batch.admit(admit):
                                 self._finish(row)
                         self.prefills += 1
-                    self.max_running = max(self.max_running, len(self.batch.rows))
-                    if self.batch.rows:
+                    self.max_running = max(self.max_running, self.running)
+                    if self.batch.active:
                         with engine.computing():
                             finished = self.batch.step()
                         self.steps += 1
                         for row in finished:
                             self._finish(row)
             except Exception as exc:  # the running requests fail; the scheduler keeps serving
-                failed = {id(r.tag[0]): r.tag[0] for r in admit + self.batch.rows if r.tag is not None}
+                queued = [r for group in self.batch.pending for r in group.rows]
+                rows = admit + self.batch.rows + queued
+                failed = {id(r.tag[0]): r.tag[0] for r in rows if r.tag is not None}
                 self.batch.cancel_all()
                 for handle in failed.values():
                     handle._fail(exc)
-            if closed and not self.batch.rows:
+            if closed and not self.batch.active:
                 with self._condition:
                     leftover = list(self._waiting)
                     self._waiting.clear()
