@@ -314,6 +314,15 @@ def _load_all(phase: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in paths]
 
 
+def newcombe(p1: float, p2: float, n1: int, n2: int) -> tuple[float, float]:
+    """Newcombe's 95% interval for the difference p1 - p2 of two proportions (hybrid Wilson; unpaired, so
+    conservative for two models on the same questions)."""
+    l1, u1 = wilson(p1 * n1, n1)
+    l2, u2 = wilson(p2 * n2, n2)
+    d = p1 - p2
+    return (round(d - math.hypot(p1 - l1, u2 - p2), 3), round(d + math.hypot(u1 - p1, p2 - l2), 3))
+
+
 def _fmt(row: dict[str, Any]) -> str:
     lo, hi = row.get("ci95") or wilson(row["accuracy"] * row["n"], row["n"])
     return f"{row['accuracy']:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -361,6 +370,20 @@ def phase_summary(args: argparse.Namespace, *_: Any) -> None:
                     for v in (cells.get(t, []) for t in tasks)
                 ]
                 lines.append(f"| {expert} | " + " | ".join(shown) + " |")
+        base = {r["task"]: r for r in rows if r["expert"] == "base"}
+        if base and by_expert:
+            lines += ["", "Difference from the base model (Newcombe 95% interval):", "",
+                      "| expert | seed | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]  # fmt: skip
+            diffs: dict[tuple[str, str], dict[str, str]] = {}
+            for r in rows:
+                if "seed" in r and r["task"] in base:
+                    b = base[r["task"]]
+                    lo, hi = newcombe(r["accuracy"], b["accuracy"], r["n"], b["n"])
+                    cell = f"{r['accuracy'] - b['accuracy']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                    diffs.setdefault((r["expert"], str(r["seed"])), {})[r["task"]] = cell
+            for expert, seed in sorted(diffs, key=lambda k: k[1]):
+                cells = diffs[(expert, seed)]
+                lines.append(f"| {expert} | {seed} | " + " | ".join(cells.get(t, "") for t in tasks) + " |")
         lines.append("")
     adapt = [row for data in _load_all("adapt") for row in data["rows"]]
     if adapt:
