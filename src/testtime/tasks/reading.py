@@ -160,7 +160,7 @@ class Reading(Task):
         segment = after_answer_marker(strip_thinking(answer))[-MAX_SEGMENT:]
         named = named_values(segment, kinds)
         details: dict[str, Any] = {"answer": excerpt(segment, 200), "named": named[:10]}
-        kind = "name" if data["kind"] == "person" else str(data["attribute"])
+        kind = "person" if data["kind"] == "person" else str(data["attribute"])
         if not named:
             return Verdict(
                 score=0.0, solved=False, feedback=f"The answer names no {kind}; give one.", details=details
