@@ -31,7 +31,7 @@ CANDIDATES = [
     ("countdown", {"num_numbers": 2, "max_number": 20}, "generate", 96),
     ("calendar-scheduling", {"num_people": 2}, "generate", 96),
     ("reading", {"people": 2, "facts": 1}, "generate", 24),
-    ("reading", {"people": 3, "facts": 1}, "generate", 24),
+    ("reading", {"people": 3, "facts": 1}, "generate", 24),  # the experiments' setting
     ("reading", {"people": 3, "facts": 2}, "generate", 24),
     ("reading", {"people": 4, "facts": 2}, "generate", 24),
     ("reading", {"people": 6, "facts": 3}, "generate", 24),
@@ -58,6 +58,14 @@ def main() -> None:
         record = {"task": name, "knobs": knobs, "mode": mode, "tokens": tokens, "n": args.n,
                   "accuracy": accuracy, "ci95": wilson(accuracy * args.n, args.n),
                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        if mode == "generate" and any("kind" in i.data for i in items):  # reading: attribute vs "who"
+            outputs = llm.generate([env._prompt(i) for i in items], temperature=0, max_tokens=tokens)
+            by_kind: dict[str, list[int]] = {}
+            for item, out in zip(items, outputs, strict=True):
+                counts = by_kind.setdefault(str(item.data.get("kind")), [0, 0])
+                counts[0] += task.verify(item, out[0].text).solved
+                counts[1] += 1
+            record["solved_by_kind"] = {k: f"{a}/{b}" for k, (a, b) in by_kind.items()}
         print(json.dumps(record), flush=True)
         if args.show and mode == "generate":
             shown = items[: args.show]
