@@ -31,6 +31,7 @@ EMPTY_FORMAT = {
     "arc-challenge": "The answer is ()",
     "gsm8k": "\\boxed{}",
     "humaneval": "```python\n```",
+    "reading": "The answer is",
 }
 
 
@@ -176,6 +177,15 @@ SPECIFIC: dict[str, list[tuple[str, Build, float]]] = {
     ],
 }
 SPECIFIC["arc-challenge"] = SPECIFIC["arc-easy"]
+SPECIFIC["reading"] = [
+    ("every name", lambda t, a, b: "The answer is " + ", ".join(a.data["text"].split()), 0.0),
+    (
+        "hedge",
+        lambda t, a, b: f"The answer is {a.data['answer']} or " + " or ".join(a.data["text"].split()),
+        0.0,
+    ),
+    ("negated", lambda t, a, b: f"It is not {a.data['answer']}.", 0.0),
+]
 
 
 def _pair(task: Task) -> tuple[Instance, Instance]:
