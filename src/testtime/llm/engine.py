@@ -640,7 +640,9 @@ class DecodeBatch:
         new_rows = [r for g, start, count in plan if start + count == len(g.prompt) for r in g.rows]
         if plan:
             engine._sync_weights()
-        spans = [r.cached + 1 for r in self.rows] + [len(r.prompt) for r in new_rows]
+        # Columns for every row's whole span at once, so that the cache grows when rows join, not every 64
+        # decoding steps of the longest row.
+        spans = [max(r.span, r.cached + 1) for r in self.rows + new_rows]
         self._ensure_capacity(max(1, b + len(new_rows)), max(spans, default=1))
         assert self._k is not None and self._v is not None
         ids: list[torch.Tensor] = []
