@@ -187,3 +187,35 @@ def test_cloze_cached_reference_equals_a_reference_pass(tiny_llama_dir):
     torch.testing.assert_close(cached.logps, direct.logps, rtol=0, atol=1e-6)
     torch.testing.assert_close(again.logps, cached.logps, rtol=0, atol=0)
     assert (adapted.logps - direct.logps).abs().max() > 1e-4  # the noisy z differs from the base
+
+
+def test_a_step_without_reward_signal_leaves_the_vectors_alone(tiny_llama_dir):
+    """Equal rewards under the group baseline give every advantage 0: no update (Adam would otherwise turn
+    the KL term's float noise at the reference into a full-size step)."""
+    pytest.importorskip("testtime.rl.logprobs")
+    from testtime.svf.reinforce import train_step
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    tokenizer = build_tiny_tokenizer()
+    svf = SVF(model, SVFConfig(cache=False))
+    policy = SVFPolicy(svf, tokenizer)
+    never = task_from_function(
+        "never",
+        lambda inst, ans: (0.0, "no", False),
+        instances=lambda rng, i: {"prompt": f"question {i}"},
+    )
+    batch = [Instance(task="never", id=str(i), data={"prompt": f"q {i}"}, reference="x") for i in range(2)]
+    env = GenerationEnv(never, max_new_tokens=3)
+    config = ReinforceConfig(
+        lr=0.05, batch_size=2, num_samples=2, baseline="group", kl_coef=0.05, temperature=1.0
+    )
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    before = {k: v.detach().clone() for k, v in svf.vectors().items()}
+    metrics = train_step(policy, env, batch, config, optimizer, 0)
+    assert metrics["skipped"] == 1 and metrics["grad_norm"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in svf.vectors().items())
+    # with a signal (baseline "none": every reward is -1) the same step does move z
+    signal = ReinforceConfig(lr=0.05, batch_size=2, num_samples=2, baseline="none", temperature=1.0)
+    metrics = train_step(policy, env, batch, signal, optimizer, 1)
+    assert "skipped" not in metrics and metrics["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in svf.vectors().items())

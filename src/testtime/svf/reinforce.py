@@ -684,6 +684,14 @@ def train_step(
         adv = advantages(rewards, group_size=config.num_samples, baseline=config.baseline)
         metrics["reward"] = float(rewards.mean())
         metrics["solved"] = sum(r.solved for r in rollouts) / len(rollouts)
+        if not bool(adv.ne(0).any()):
+            # Every advantage is 0 (equal rewards under the group baseline): the batch carries no
+            # policy-gradient signal. The KL term's gradient is then float noise while the policy sits at
+            # the reference, and Adam would scale that noise up to a full-size step, so no update is taken
+            # (as DAPO's dynamic sampling drops zero-variance groups).
+            optimizer.zero_grad(set_to_none=True)
+            metrics.update(skipped=1, grad_norm=0.0, loss=0.0, seconds=time.perf_counter() - start)
+            return metrics
         with policy.training() as model:
             current = _policy_output(env, model, rollouts, config, encoded)
             kl = None
