@@ -62,7 +62,7 @@ def run_demo(ctx: DemoContext, *, only: list[str] | None = None) -> Path:
     if only:
         unknown = sorted(set(only) - set(names))
         if unknown:
-            raise UserError(f"unknown demo part(s) {unknown}; available: {names}")
+            raise UserError(f"--only: unknown demo part(s) {unknown}; available: {names}")
         parts = [(name, module) for name, module in parts if name in only]
     try:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
