@@ -53,13 +53,14 @@ def _key(choices):
     return [(c.token_ids, c.logprobs or []) for c in choices]
 
 
-def test_concurrent_threads_get_what_each_gets_alone(llm64):
-    expected = [_alone(llm64, p, params) for p, params in zip(CHATS, PARAMS, strict=True)]
+def _assert_concurrent_equals_alone(llm) -> None:
+    """CHATS sent from staggered threads get exactly what each gets alone, and did share the batch."""
+    expected = [_alone(llm, p, params) for p, params in zip(CHATS, PARAMS, strict=True)]
     results: dict[int, object] = {}
 
     def call(i: int) -> None:
         time.sleep(0.01 * i)  # staggered: later requests join a running batch
-        results[i] = llm64.generate([CHATS[i]], PARAMS[i])[0]
+        results[i] = llm.generate([CHATS[i]], PARAMS[i])[0]
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(CHATS))]
     for t in threads:
@@ -71,7 +72,11 @@ def test_concurrent_threads_get_what_each_gets_alone(llm64):
         assert [g[0] for g in got] == [w[0] for w in want], f"request {i}"
         for (_, lp), (_, want_lp) in zip(got, want, strict=True):
             assert lp == pytest.approx(want_lp, abs=1e-9)
-    assert llm64.scheduler.max_running > 1, "the requests should have shared the batch"
+    assert llm.scheduler.max_running > 1, "the requests should have shared the batch"
+
+
+def test_concurrent_threads_get_what_each_gets_alone(llm64):
+    _assert_concurrent_equals_alone(llm64)
 
 
 def test_asyncio_callers_and_join_mid_batch(llm64):
@@ -242,24 +247,7 @@ def test_chunked_prefill_callers_get_what_each_gets_alone(tiny_llama_dir):
     model, tokenizer = load_model(tiny_llama_dir, dtype=torch.float64)
     llm = LocalLLM(model, tokenizer, max_batch_size=16, prefill_chunk=3)
     try:
-        expected = [_alone(llm, p, params) for p, params in zip(CHATS, PARAMS, strict=True)]
-        results: dict[int, object] = {}
-
-        def call(i: int) -> None:
-            time.sleep(0.01 * i)
-            results[i] = llm.generate([CHATS[i]], PARAMS[i])[0]
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(CHATS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        for i, want in enumerate(expected):
-            got = _key(results[i])
-            assert [g[0] for g in got] == [w[0] for w in want], f"request {i}"
-            for (_, lp), (_, want_lp) in zip(got, want, strict=True):
-                assert lp == pytest.approx(want_lp, abs=1e-9)
-        assert llm.scheduler.max_running > 1
+        _assert_concurrent_equals_alone(llm)
         assert max(len(llm.encode(c)) for c in CHATS) > 3, "the prompts should span several chunks"
     finally:
         llm.close()
