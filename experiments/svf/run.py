@@ -252,6 +252,27 @@ class _FrozenPolicy:
         return contextlib.nullcontext(self.model)
 
 
+def _classifier_path(seed: int) -> Path:
+    """Strategy B's classification expert for these expert categories and this seed. (Session 2's
+    two-category classifier was ``experts/classifier.safetensors``; it is never read now.)"""
+    return EXPERTS / f"classifier-{'+'.join(TASKS)}-seed{seed}.safetensors"
+
+
+def _load_classifier(seed: int) -> Any:
+    """The classification expert of :func:`_classifier_path`, or None when none was trained; one trained on
+    other categories (or in another order) is an error, not a silent first pass over the wrong names."""
+    path = _classifier_path(seed)
+    if not path.is_file():
+        print(
+            json.dumps({"classifier": None, "missing": str(path), "note": "strategy B skipped"}), flush=True
+        )
+        return None
+    classifier = load_expert(path)
+    if classifier.metrics.get("categories") != list(TASKS):
+        raise SystemExit(f"{path} was trained on {classifier.metrics.get('categories')}, not {list(TASKS)}")
+    return classifier
+
+
 def phase_classifier(args: argparse.Namespace, model: Any, tokenizer: Any, llm: LocalLLM, svf: SVF) -> None:
     from testtime.svf.adapt import classification_task
     from testtime.svf.reinforce import ClozeEnv
@@ -263,15 +284,23 @@ def phase_classifier(args: argparse.Namespace, model: Any, tokenizer: Any, llm: 
         questions[name] = [task.prompt(i) for i in items]
     cls_task, cls_items = classification_task(questions)
     svf.reset()
-    config = _config(args, args.seeds[0])
+    seed = args.seeds[0]
+    config = _config(args, seed)
     result = train(policy, ClozeEnv(cls_task), cls_items, config)
-    expert = expert_from_svf(svf, base_model="smollm2", task="classifier", method="reinforce",
-                             metrics={"base_val": result.base_val, "best_val": result.best_val})  # fmt: skip
-    save_expert(expert, EXPERTS / "classifier.safetensors")
+    metrics = {
+        "base_val": result.base_val,
+        "best_val": result.best_val,
+        "categories": list(TASKS),
+        "seed": seed,
+    }
+    expert = expert_from_svf(
+        svf, base_model="smollm2", task="classifier", method="reinforce", metrics=metrics
+    )
+    path = save_expert(expert, _classifier_path(seed))
     svf.reset()
     svf.restore(llm)
     out = {"base_val": result.base_val, "best_val": result.best_val, "steps": result.steps,
-           "categories": list(TASKS), "num_per_category": args.num_cls}  # fmt: skip
+           "categories": list(TASKS), "num_per_category": args.num_cls, "seed": seed, "path": str(path)}  # fmt: skip
     print(json.dumps(out), flush=True)
     _save("classifier", out)
 
@@ -280,10 +309,14 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
     policy = SVFPolicy(svf, tokenizer, llm)
     seed = args.seeds[0]
     experts = [load_expert(EXPERTS / f"{name}-svf-seed{seed}.safetensors") for name in TASKS]
-    cls_path = EXPERTS / "classifier.safetensors"
-    classifier = load_expert(cls_path) if cls_path.is_file() else None
+    classifier = _load_classifier(seed)
     with_b = ["classifier"] if classifier is not None else []
-    out: dict[str, Any] = {"rows": []}
+    out: dict[str, Any] = {
+        "config": {"seed": seed, "experts": list(TASKS), "num_adapt": args.num_adapt, "shots": args.shots,
+                   "population": args.population, "generations": args.generations,
+                   "classifier": str(_classifier_path(seed)) if classifier is not None else None},
+        "rows": [],
+    }  # fmt: skip
     targets = [("arc-challenge", ["prompt", *with_b, "few-shot"])]
     targets += [(name, ["prompt", *with_b]) for name in TASKS]
     if args.adapt_targets:
@@ -310,8 +343,85 @@ def phase_adapt(args: argparse.Namespace, model: Any, tokenizer: Any, llm: Local
 
 def _load_all(phase: str) -> list[dict[str, Any]]:
     """Every results file of a phase (all tags), oldest name first."""
-    paths = sorted(RESULTS.glob(f"{phase}*.json"), key=lambda p: (p.stem != phase, p.name))  # untagged first
-    return [json.loads(p.read_text()) for p in paths]
+    return [data for _, data in _load_named(phase)]
+
+
+def _load_named(phase: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(file stem, contents)`` of every results file of a phase, untagged first."""
+    paths = sorted(RESULTS.glob(f"{phase}*.json"), key=lambda p: (p.stem != phase, p.name))
+    return [(p.stem, json.loads(p.read_text())) for p in paths]
+
+
+# session 2's adapt.json predates the "config" entry; it adapted with these two experts, seed 0
+_LEGACY_ADAPT = {"seed": 0, "experts": ["arc-easy", "arithmetic"]}
+
+
+def _mixture(rows: list[dict[str, Any]], experts: list[str]) -> dict[str, list[float]]:
+    """Per strategy, [solved, n] over the expert tasks' rows (each question was routed on its own)."""
+    mix: dict[str, list[float]] = {}
+    for r in rows:
+        if r["task"] in experts:
+            solved_n = mix.setdefault(r["strategy"], [0.0, 0.0])
+            solved_n[0] += r["accuracy"] * r["n"]
+            solved_n[1] += r["n"]
+    return mix
+
+
+def _mixture_lines(mix: dict[str, list[float]], experts: list[str]) -> list[str]:
+    if not mix:
+        return []
+    lines = ["", f"Mixture of the expert tasks' test questions ({', '.join(experts)}; each question routed on "
+             "its own):", "", "| strategy | accuracy | n |", "|---|---|---|"]  # fmt: skip
+    for strategy, (solved, n) in mix.items():
+        lines.append(f"| {strategy} | {_fmt({'accuracy': solved / n, 'n': int(n)})} | {int(n)} |")
+    return lines
+
+
+def _adapt_summary() -> list[str]:
+    """One adaptation table (and its mixture of the expert tasks) per results file, then, per set of experts
+    run with several seeds, the rows pooled over the seeds."""
+    lines: list[str] = []
+    groups: dict[tuple[str, ...], list[tuple[int, list[dict[str, Any]]]]] = {}
+    for stem, data in _load_named("adapt"):
+        config = data.get("config", _LEGACY_ADAPT)
+        experts, seed = list(config["experts"]), config["seed"]
+        rows = data["rows"]
+        lines += [f"## Two-pass adaptation: `{stem}.json` (experts {', '.join(experts)}; seed {seed})", "",
+                  "| task | strategy | accuracy | n | note |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            lines.append(f"| {r['task']} | {r['strategy']} | {_fmt(r)} | {r['n']} | {r.get('note', '')} |")
+        lines += _mixture_lines(_mixture(rows, experts), experts)
+        lines.append("")
+        groups.setdefault(tuple(experts), []).append((seed, rows))
+    for experts_key, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        experts = list(experts_key)
+        seeds = [seed for seed, _ in runs]
+        lines += [f"## Two-pass adaptation pooled over seeds {', '.join(map(str, seeds))} "
+                  f"(experts {', '.join(experts)})", "",
+                  "The same test questions in every seed: the pooled interval counts each (seed, question) "
+                  "once, so it covers the seeds' spread, not a larger question sample.", "",
+                  "| task | strategy | per seed | pooled | n |", "|---|---|---|---|---|"]  # fmt: skip
+        pooled: dict[tuple[str, str], list[Any]] = {}
+        for _, rows in runs:
+            for r in rows:
+                entry = pooled.setdefault((r["task"], r["strategy"]), [0.0, 0, []])
+                entry[0] += r["accuracy"] * r["n"]
+                entry[1] += r["n"]
+                entry[2].append(f"{r['accuracy']:.2f}")
+                if "base_same" in r:
+                    same = pooled.setdefault((r["task"], "base (on C's n - k)"), [0.0, 0, []])
+                    same[0] += r["base_same"] * r["n"]
+                    same[1] += r["n"]
+                    same[2].append(f"{r['base_same']:.2f}")
+        for (task, strategy), (solved, n, each) in pooled.items():
+            row = {"accuracy": solved / n, "n": n}
+            lines.append(f"| {task} | {strategy} | {', '.join(each)} | {_fmt(row)} | {n} |")
+        mix = _mixture([r for _, rows in runs for r in rows], experts)
+        lines += _mixture_lines(mix, experts)
+        lines.append("")
+    return lines
 
 
 def newcombe(p1: float, p2: float, n1: int, n2: int) -> tuple[float, float]:
@@ -385,29 +495,7 @@ def phase_summary(args: argparse.Namespace, *_: Any) -> None:
                 cells = diffs[(expert, seed)]
                 lines.append(f"| {expert} | {seed} | " + " | ".join(cells.get(t, "") for t in tasks) + " |")
         lines.append("")
-    adapt = [row for data in _load_all("adapt") for row in data["rows"]]
-    if adapt:
-        lines += [
-            "## Two-pass adaptation",
-            "",
-            "| task | strategy | accuracy | n | note |",
-            "|---|---|---|---|---|",
-        ]
-        for r in adapt:
-            lines.append(f"| {r['task']} | {r['strategy']} | {_fmt(r)} | {r['n']} | {r.get('note', '')} |")
-        mix: dict[str, list[float]] = {}
-        for r in adapt:
-            if r["task"] in TASKS:
-                solved_n = mix.setdefault(r["strategy"], [0.0, 0.0])
-                solved_n[0] += r["accuracy"] * r["n"]
-                solved_n[1] += r["n"]
-        if mix:
-            lines += ["", "Mixture of the expert tasks' test questions (each question routed on its own):", "",
-                      "| strategy | accuracy | n |", "|---|---|---|"]  # fmt: skip
-            for strategy, (solved, n) in mix.items():
-                row = {"accuracy": solved / n, "n": int(n)}
-                lines.append(f"| {strategy} | {_fmt(row)} | {int(n)} |")
-        lines.append("")
+    lines += _adapt_summary()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
