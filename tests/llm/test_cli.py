@@ -68,6 +68,8 @@ def test_serve_help_lists_the_options(capsys):
         (["--max-wait-ms", "-1"], "--max-wait-ms"),
         (["--max-wait-ms", "nan"], "--max-wait-ms"),
         (["--max-kv-tokens", "0"], "--max-kv-tokens"),
+        (["--prefill-chunk", "-1"], "--prefill-chunk"),
+        (["--prefill-chunk", "10000000"], "--prefill-chunk"),
         (["--max-batch-size", "0"], "--max-batch-size"),
         (["--threads", "0"], "--threads"),
         (["--port", "70000"], "--port"),
@@ -80,6 +82,37 @@ def test_serve_rejects_bad_flags_before_loading(flags, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], "default"), (["--prefill-chunk", "64"], 64), (["--prefill-chunk", "0"], None)],
+)
+def test_serve_passes_prefill_chunk_to_the_scheduler(monkeypatch, flags, expected, capsys):
+    """--prefill-chunk reaches the scheduler: the default is the engine's, 0 turns chunking off."""
+    from testtime.llm.engine import DEFAULT_PREFILL_CHUNK
+    from testtime.llm.local import LocalLLM
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_name(name, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(LocalLLM, "from_name", staticmethod(fake_from_name))
+    with pytest.raises(Stop):
+        main(["serve", *flags])
+    assert seen["prefill_chunk"] == (DEFAULT_PREFILL_CHUNK if expected == "default" else expected)
+    assert str(DEFAULT_PREFILL_CHUNK) in " ".join(_serve_help(capsys).split())
+
+
+def _serve_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    return capsys.readouterr().out
 
 
 def test_generate_rejects_a_bad_dtype(capsys):

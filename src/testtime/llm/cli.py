@@ -85,6 +85,15 @@ def register(app: typer.Typer) -> None:
             max=1_000_000_000,
             help="Bound on the KV cache in tokens (rows x longest prompt+max_tokens).",
         ),
+        prefill_chunk: int = typer.Option(
+            None,
+            "--prefill-chunk",
+            min=0,
+            max=1_000_000,
+            help="Most prompt tokens prefilled per decoding step (chunked prefill: a long prompt joins over "
+            "several steps while the others keep decoding); 0 prefills each prompt whole at once. "
+            "Default: 256.",
+        ),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
         threads: int = cli_options.threads_option(
             help_text="torch threads while generating (1 is best on oversubscribed cores)."
@@ -95,6 +104,7 @@ def register(app: typer.Typer) -> None:
         try:
             import uvicorn
 
+            from testtime.llm.engine import DEFAULT_PREFILL_CHUNK
             from testtime.llm.local import LocalLLM
             from testtime.llm.server import ServerLimits, create_app
         except ModuleNotFoundError as exc:
@@ -111,6 +121,7 @@ def register(app: typer.Typer) -> None:
             num_threads=threads,
             dtype=torch_dtype,
             max_kv_tokens=max_kv_tokens,
+            prefill_chunk=DEFAULT_PREFILL_CHUNK if prefill_chunk is None else (prefill_chunk or None),
         )
         name = served_name or model
         limits = ServerLimits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens)
