@@ -100,7 +100,14 @@ def test_shared_prompt_path_equals_naive(temperature, make_llama):
     model = make_llama(seed=7)
     prompts = [[1, 5, 6, 7]] * 3 + [[1, 9]] * 2
     completions = [[10, 11, 12], [13], [14, 15, 16, 17], [], [18, 19]]
+    widths = []
+    hook = model.get_decoder().register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     logps, mask = completion_logprobs(model, prompts, completions, temperature=temperature, chunk_size=3)
+    hook.remove()
+    # the shared path really ran: each distinct prompt once (batch 1), then its rows' completions on its cache
+    assert widths == [(1, 4), (3, 3), (1, 2), (2, 1)]
     plain, _ = completion_logprobs(
         model, prompts, completions, temperature=temperature, chunk_size=3, share_prompts=False
     )

@@ -125,7 +125,8 @@ def _post_processed_logits(model: nn.Module) -> bool:
 
 
 def _can_share(decoder: nn.Module) -> bool:
-    """Whether the decoder takes a transformers ``DynamicCache`` (the shared-prompt path needs one)."""
+    """Whether the decoder takes a transformers ``DynamicCache`` (the shared-prompt path needs one), under
+    either name of the keyword (``past_key_values``, or ``cache`` in newer transformers)."""
     import inspect
 
     try:
@@ -133,9 +134,10 @@ def _can_share(decoder: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return False
     try:
-        accepts = "past_key_values" in inspect.signature(decoder.forward).parameters
+        parameters = inspect.signature(decoder.forward).parameters
     except (TypeError, ValueError):
         return False
+    accepts = "past_key_values" in parameters or "cache" in parameters
     return accepts and hasattr(DynamicCache, "batch_repeat_interleave")
 
 
@@ -155,18 +157,20 @@ def _shared_prompt_states(
     """
     from transformers import DynamicCache
 
+    from testtime.llm.compat import cache_kwargs, returned_cache
+
     rows = sum(len(v) for v in groups.values())
     per_row: list[torch.Tensor | None] = [None] * rows
     for prompt, members in groups.items():
         count = len(members)
         prompt_tensor = torch.tensor([list(prompt)], dtype=torch.long, device=device)
         cache = DynamicCache()
-        out = decoder(input_ids=prompt_tensor, past_key_values=cache, use_cache=True)
+        out = decoder(input_ids=prompt_tensor, use_cache=True, **cache_kwargs(decoder, cache))
         last = out.last_hidden_state[:, -1:]  # (1, 1, H)
         width = max(1, max(len(completion_ids[r]) for r in members))
         states = last.expand(count, 1, last.shape[-1])
         if width > 1:
-            cache = out.past_key_values
+            cache = returned_cache(out)
             cache.batch_repeat_interleave(count)
             tokens = torch.full((count, width - 1), pad_token_id, dtype=torch.long)
             mask = torch.zeros((count, len(prompt) + width - 1), dtype=torch.long)
@@ -181,8 +185,8 @@ def _shared_prompt_states(
                 input_ids=tokens.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
-                past_key_values=cache,
                 use_cache=True,
+                **cache_kwargs(decoder, cache),
             ).last_hidden_state  # (n, width - 1, H)
             states = torch.cat([states, hidden], dim=1)
         if width < length:
