@@ -381,8 +381,16 @@ def _adapt_summary() -> list[str]:
     """One adaptation table (and its mixture of the expert tasks) per results file, then, per set of experts
     run with several seeds, the rows pooled over the seeds."""
     lines: list[str] = []
-    groups: dict[tuple[str, ...], list[tuple[int, list[dict[str, Any]]]]] = {}
-    for stem, data in _load_named("adapt"):
+    groups: dict[tuple[tuple[str, ...], Any], list[tuple[int, list[dict[str, Any]]]]] = {}
+    named = _load_named("adapt")  # session 2's first, then by questions per target and seed
+    named.sort(
+        key=lambda f: (
+            "config" in f[1],
+            f[1].get("config", {}).get("num_adapt", 0),
+            f[1].get("config", {}).get("seed", 0),
+        )
+    )
+    for stem, data in named:
         config = data.get("config", _LEGACY_ADAPT)
         experts, seed = list(config["experts"]), config["seed"]
         rows = data["rows"]
@@ -392,14 +400,14 @@ def _adapt_summary() -> list[str]:
             lines.append(f"| {r['task']} | {r['strategy']} | {_fmt(r)} | {r['n']} | {r.get('note', '')} |")
         lines += _mixture_lines(_mixture(rows, experts), experts)
         lines.append("")
-        groups.setdefault(tuple(experts), []).append((seed, rows))
-    for experts_key, runs in groups.items():
+        groups.setdefault((tuple(experts), config.get("num_adapt")), []).append((seed, rows))
+    for (experts_key, num_adapt), runs in groups.items():
         if len(runs) < 2:
             continue
         experts = list(experts_key)
         seeds = [seed for seed, _ in runs]
         lines += [f"## Two-pass adaptation pooled over seeds {', '.join(map(str, seeds))} "
-                  f"(experts {', '.join(experts)})", "",
+                  f"(experts {', '.join(experts)}; {num_adapt} questions per target and seed)", "",
                   "The same test questions in every seed: the pooled interval counts each (seed, question) "
                   "once, so it covers the seeds' spread, not a larger question sample.", "",
                   "| task | strategy | per seed | pooled | n |", "|---|---|---|---|---|"]  # fmt: skip
