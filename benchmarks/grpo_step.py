@@ -2,7 +2,8 @@
 
 Both train the embedded SmolLM2-135M-Instruct (float32, bf16 off, CPU) on the same chat prompt, one prompt
 with ``--group-size`` completions of at most ``--max-new-tokens`` tokens per optimizer step, temperature 1,
-the ``grpo`` loss with beta 0 (no reference model), the same reward function (R1's format reward plus a
+the ``grpo`` loss with beta 0 (no reference model), gradient checkpointing off on both sides (TRL's default is
+on; ``--trl-gradient-checkpointing`` keeps it), the same reward function (R1's format reward plus a
 length-free accuracy reward on a two-digit addition) and the same learning rate. A step is everything:
 sampling the group, scoring it, the training forward and backward, and the optimizer step.
 
@@ -93,7 +94,9 @@ def ours_block(base, tokenizer, *, steps: int, group: int, max_new: int, threads
     return times[1:]
 
 
-def trl_block(base, tokenizer, *, steps: int, group: int, max_new: int) -> list[float]:
+def trl_block(
+    base, tokenizer, *, steps: int, group: int, max_new: int, gradient_checkpointing: bool = False
+) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -125,6 +128,9 @@ def trl_block(base, tokenizer, *, steps: int, group: int, max_new: int) -> list[
             save_strategy="no",
             bf16=False,
             use_cpu=True,
+            # TRL's GRPOConfig turns gradient checkpointing on by default (it recomputes the forward in the
+            # backward); ours keeps the activations, so like for like is off unless asked for.
+            gradient_checkpointing=gradient_checkpointing,
             disable_tqdm=True,
             seed=0,
         )
@@ -153,6 +159,11 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="TRL with its default gradient checkpointing (recomputes the forward; ours does not).",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from testtime.llm.loading import load_model
@@ -175,7 +186,12 @@ def main() -> None:
         ours += block
         print(f"round {round_}: ours {[round(t, 2) for t in block]} s/step", flush=True)
         block = trl_block(
-            base, tokenizer, steps=args.steps, group=args.group_size, max_new=args.max_new_tokens
+            base,
+            tokenizer,
+            steps=args.steps,
+            group=args.group_size,
+            max_new=args.max_new_tokens,
+            gradient_checkpointing=args.trl_gradient_checkpointing,
         )
         theirs += block
         print(f"round {round_}: trl  {[round(t, 2) for t in block]} s/step", flush=True)
@@ -189,6 +205,7 @@ def main() -> None:
         "group_size": args.group_size,
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
+        "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
