@@ -575,7 +575,7 @@ def main() -> None:
     }
     for phase in args.phases:
         if phase != "summary" and _done(phase, args.force):
-            print(f"{phase}: done already ({RESULTS / (phase + '.json')})")
+            print(f"{phase}: done already ({RESULTS / (phase + TAG['value'] + '.json')})")
             continue
         start = time.perf_counter()
         phases[phase](args, model, tokenizer, llm, svf)
