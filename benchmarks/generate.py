@@ -108,7 +108,10 @@ def _llamacpp(gguf: str | None, threads: int):
         from llama_cpp import Llama
     except ImportError:
         return None
-    return Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+    # n_threads_batch (prompt processing) would otherwise default to every core
+    return Llama(
+        model_path=gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False
+    )
 
 
 def _run_llamacpp(llama, prompt: list[int], max_new_tokens: int) -> tuple[int, float]:

@@ -35,6 +35,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -118,8 +119,10 @@ def _server_command(kind: str, port: int, args: argparse.Namespace, gguf: str) -
     if kind == "llamacpp":
         command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port)]
         command += ["--host", "127.0.0.1", "--n_ctx", "8192", "--model_alias", "bench"]
-        if args.threads:
-            command += ["--n_threads", str(args.threads)]
+        # as many threads as ours (torch's default is every core; llama-cpp-python's server would take half
+        # of them for decoding and every core for prompt processing)
+        threads = str(args.threads or os.cpu_count() or 1)
+        command += ["--n_threads", threads, "--n_threads_batch", threads]
         return command
     command = [sys.executable, "-m", "testtime", "serve", "--port", str(port), "--batching", kind]
     command += ["--served-model-name", "bench", "--max-batch-size", str(args.max_batch_size)]
@@ -194,28 +197,33 @@ def measure(kind: str, args: argparse.Namespace, requests: list[Request], gguf: 
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    process = subprocess.Popen(
-        _server_command(kind, port, args, gguf), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        try:
-            _wait_ready(url, process, args.startup_timeout)
-        except RuntimeError as exc:
-            process.kill()
-            raise RuntimeError(f"{kind}: {exc}\n{(process.communicate()[1] or '')[-2000:]}") from exc
-        warm = openai.OpenAI(base_url=url, api_key="none", timeout=600, max_retries=0)
-        warm.chat.completions.create(
-            model="bench", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    # The server's log goes to a file, not a pipe: llama.cpp logs a lot while loading, and an undrained
+    # pipe fills up and blocks it before it ever listens.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            _server_command(kind, port, args, gguf), stdout=subprocess.DEVNULL, stderr=log
         )
-        return _run_clients(url, requests, args.clients, args.temperature)
-    finally:
-        if process.poll() is None:
-            process.terminate()
+        try:
             try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                _wait_ready(url, process, args.startup_timeout)
+            except RuntimeError as exc:
                 process.kill()
                 process.wait()
+                log.seek(0)
+                raise RuntimeError(f"{kind}: {exc}\n{log.read()[-2000:]}") from exc
+            warm = openai.OpenAI(base_url=url, api_key="none", timeout=600, max_retries=0)
+            warm.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+            )
+            return _run_clients(url, requests, args.clients, args.temperature)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def main() -> None:
@@ -232,6 +240,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all servers, order alternating")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp even when importable")
+    parser.add_argument(
+        "--no-static",
+        action="store_true",
+        help="skip the static batcher (ratio_vs_static is then not reported)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     args = parser.parse_args()
     for name in ("requests", "clients", "rounds", "max_batch_size"):
@@ -257,7 +270,7 @@ def main() -> None:
             gguf = os.path.join(resolved.path, resolved.gguf_file)
 
     requests = workload(args.requests, args.seed)
-    kinds = ["continuous", "static"] + (["llamacpp"] if have_llamacpp else [])
+    kinds = ["continuous"] + ([] if args.no_static else ["static"]) + (["llamacpp"] if have_llamacpp else [])
     print(
         f"{len(requests)} requests ({sum(r.max_tokens for r in requests)} max_tokens in all), "
         f"{args.clients} clients, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; llama.cpp: {llamacpp_note}",
@@ -292,7 +305,8 @@ def main() -> None:
         pairs = zip(results["continuous"], results[other], strict=True)
         return round(statistics.median(a["tok_s"] / b["tok_s"] for a, b in pairs), 3)
 
-    summary["ratio_vs_static"] = ratio("static")
+    if not args.no_static:
+        summary["ratio_vs_static"] = ratio("static")
     if have_llamacpp:
         summary["ratio_vs_llamacpp"] = ratio("llamacpp")
     summary["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
