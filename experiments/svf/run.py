@@ -367,8 +367,8 @@ def _mixture(rows: list[dict[str, Any]], experts: list[str]) -> dict[str, list[f
     return mix
 
 
-def _mixture_lines(mix: dict[str, list[float]], experts: list[str]) -> list[str]:
-    if not mix:
+def _mixture_lines(mix: dict[str, list[float]], experts: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    if not mix or not set(experts) <= {r["task"] for r in rows}:  # a mixture needs every expert task
         return []
     lines = ["", f"Mixture of the expert tasks' test questions ({', '.join(experts)}; each question routed on "
              "its own):", "", "| strategy | accuracy | n |", "|---|---|---|"]  # fmt: skip
@@ -381,7 +381,7 @@ def _adapt_summary() -> list[str]:
     """One adaptation table (and its mixture of the expert tasks) per results file, then, per set of experts
     run with several seeds, the rows pooled over the seeds."""
     lines: list[str] = []
-    groups: dict[tuple[tuple[str, ...], Any], list[tuple[int, list[dict[str, Any]]]]] = {}
+    groups: dict[tuple[tuple[str, ...], Any, tuple[str, ...]], list[tuple[int, list[dict[str, Any]]]]] = {}
     named = _load_named("adapt")  # session 2's first, then by questions per target and seed
     named.sort(
         key=lambda f: (
@@ -398,10 +398,11 @@ def _adapt_summary() -> list[str]:
                   "| task | strategy | accuracy | n | note |", "|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
             lines.append(f"| {r['task']} | {r['strategy']} | {_fmt(r)} | {r['n']} | {r.get('note', '')} |")
-        lines += _mixture_lines(_mixture(rows, experts), experts)
+        lines += _mixture_lines(_mixture(rows, experts), experts, rows)
         lines.append("")
-        groups.setdefault((tuple(experts), config.get("num_adapt")), []).append((seed, rows))
-    for (experts_key, num_adapt), runs in groups.items():
+        targets = tuple(dict.fromkeys(r["task"] for r in rows))  # runs with --adapt-targets pool apart
+        groups.setdefault((tuple(experts), config.get("num_adapt"), targets), []).append((seed, rows))
+    for (experts_key, num_adapt, _), runs in groups.items():
         if len(runs) < 2:
             continue
         experts = list(experts_key)
@@ -426,8 +427,8 @@ def _adapt_summary() -> list[str]:
         for (task, strategy), (solved, n, each) in pooled.items():
             row = {"accuracy": solved / n, "n": n}
             lines.append(f"| {task} | {strategy} | {', '.join(each)} | {_fmt(row)} | {n} |")
-        mix = _mixture([r for _, rows in runs for r in rows], experts)
-        lines += _mixture_lines(mix, experts)
+        every = [r for _, rows in runs for r in rows]
+        lines += _mixture_lines(_mixture(every, experts), experts, every)
         lines.append("")
     return lines
 
@@ -449,14 +450,16 @@ def _fmt(row: dict[str, Any]) -> str:
 def phase_summary(args: argparse.Namespace, *_: Any) -> None:
     """``results/summary.md``: the experts, the expert-by-task matrix and the adaptation table, from the JSONs."""
     lines = ["# Results (written by `run.py --phases summary`; 95% Wilson intervals in brackets)", ""]
-    runs = [r for data in _load_all("experts") for r in data["runs"]]
+    runs = [(stem, r) for stem, data in _load_named("experts") for r in data["runs"]]
     if runs:
-        lines += ["## Experts", "", "| task | method | seed | val before | best val | steps | seconds | params |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in runs:
+        lines += ["## Experts", "", "(`experts-3experts*.json`: the adaptation experts, retrained after commit 79e146b; "
+                  "the others: the matrix's, trained before it)", "",
+                  "| task | method | seed | val before | best val | steps | seconds | params | file |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for stem, r in runs:
             val = " | ".join("-" if math.isnan(v) else f"{v:.2f}" for v in (r["base_val"], r["best_val"]))
             lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {val} "
-                         f"| {r['steps']} | {r['seconds']:.0f} | {r['params']:,} |")  # fmt: skip
+                         f"| {r['steps']} | {r['seconds']:.0f} | {r['params']:,} | {stem} |")  # fmt: skip
         lines.append("")
     all_rows = [row for data in _load_all("matrix") for row in data["rows"]]
     for size in sorted({r["n"] for r in all_rows}):  # one table per test-set size
