@@ -185,6 +185,16 @@ def test_chat_top_logprobs_are_the_models(server, llm64):
 def test_disconnected_clients_free_their_slots(tiny_llama_dir):
     model, tokenizer = load_model(tiny_llama_dir, dtype=torch.float32)
     llm = LocalLLM(model, tokenizer, name="tiny", max_batch_size=1)  # one slot
+    # The tiny model decodes 480 tokens in well under the client's 0.3 s on a fast idle CPU; 5 ms per
+    # step makes the long request outlast the client whatever the machine.
+    batch = llm.scheduler.batch
+    step = batch.step
+
+    def slow_step():
+        time.sleep(0.005)
+        return step()
+
+    batch.step = slow_step
     try:
         with _Server(create_app(llm)) as running:
             url = running.url
