@@ -368,7 +368,7 @@ def _mixture(rows: list[dict[str, Any]], experts: list[str]) -> dict[str, list[f
 
 
 def _mixture_lines(mix: dict[str, list[float]], experts: list[str], rows: list[dict[str, Any]]) -> list[str]:
-    if not mix or not set(experts) <= {r["task"] for r in rows}:  # a mixture needs every expert task
+    if len(experts) < 2 or not mix or not set(experts) <= {r["task"] for r in rows}:  # every expert task
         return []
     lines = ["", f"Mixture of the expert tasks' test questions ({', '.join(experts)}; each question routed on "
              "its own):", "", "| strategy | accuracy | n |", "|---|---|---|"]  # fmt: skip
