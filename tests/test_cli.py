@@ -120,3 +120,27 @@ def test_lazy_table_skips_absent_modules_and_loads_on_demand(monkeypatch) -> Non
     assert sub.exit_code == 0 and "niah" in sub.output
     typo = runner.invoke(cli.app, ["titan"])
     assert typo.exit_code == 2 and "Did you mean 'titans'" in typo.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_numbers_are_named_as_such(value: str, capsys) -> None:
+    """A NaN or infinity fails typer's range check first; the message says what is wrong with it instead of
+    naming a bound it does not exceed."""
+    from testtime.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", "--temperature", value, "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and f"{value} is not a finite number" in err and "--temperature" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_out_of_range_finite_numbers_keep_the_range_message(capsys) -> None:
+    from testtime.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", "--temperature", "500", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "less than or equal to 100" in err and "finite" not in err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,8 +95,34 @@ class _LazyCommand(typer.core.TyperCommand):
 _clicks = typer.core._click.exceptions  # typer's own click (not the click package)
 
 
+def _non_finite_input(exc: Any) -> str | None:
+    """The NaN or infinite value behind a range error, if that is what failed (typer checks a number's
+    range before any callback, and a NaN fails it with a message that names a bound)."""
+    errors = getattr(exc.__cause__, "errors", None)
+    if not callable(errors):
+        return None
+    try:
+        items = errors()
+    except Exception:  # not a pydantic error after all
+        return None
+    for item in items:
+        raw = item.get("input") if isinstance(item, dict) else None
+        if isinstance(raw, bool) or raw is None:
+            continue
+        try:
+            number = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if not math.isfinite(number):
+            return str(raw)
+    return None
+
+
 def usage_line(exc: Any) -> str:
     """A usage error (bad value, unknown option, missing argument) as one line naming the command's help."""
+    raw = _non_finite_input(exc)
+    if raw is not None and hasattr(exc, "message"):
+        exc.message = f"{raw} is not a finite number"
     message = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
     if exc.ctx is not None:
         message += f" (see '{exc.ctx.command_path} --help')"
