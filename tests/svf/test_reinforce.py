@@ -108,6 +108,13 @@ def _prob_correct(policy, env, instances):
     return sum(torch.softmax(s, -1)[1].item() for s in scores) / len(scores)
 
 
+def _tiny_svf_policy(tiny_llama_dir, **config):
+    """The tiny test model with SVF vectors (no SVD cache) and a policy over them."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    svf = SVF(model, SVFConfig(cache=False, **config))
+    return svf, SVFPolicy(svf, build_tiny_tokenizer())
+
+
 @pytest.mark.parametrize("kind", ["svf", "lora"])
 def test_cloze_reinforce_learns_the_rewarded_option(tiny_llama_dir, kind):
     pytest.importorskip("testtime.rl.logprobs")
@@ -139,10 +146,7 @@ def test_cloze_reinforce_learns_the_rewarded_option(tiny_llama_dir, kind):
 
 def test_generation_reinforce_and_ntp_steps_and_early_stopping(tiny_llama_dir):
     pytest.importorskip("testtime.rl.logprobs")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    tokenizer = build_tiny_tokenizer()
-    svf = SVF(model, SVFConfig(cache=False))
-    policy = SVFPolicy(svf, tokenizer)
+    svf, policy = _tiny_svf_policy(tiny_llama_dir)
     task = task_from_function(
         "say-the",
         lambda inst, ans: (1.0, "", True) if "the" in ans else (0.0, "say the", False),
@@ -173,9 +177,7 @@ def test_generation_reinforce_and_ntp_steps_and_early_stopping(tiny_llama_dir):
 
 def test_cloze_cached_reference_equals_a_reference_pass(tiny_llama_dir):
     pytest.importorskip("testtime.rl.logprobs")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    svf = SVF(model, SVFConfig(cache=False, init_noise=0.3))
-    policy = SVFPolicy(svf, build_tiny_tokenizer())
+    svf, policy = _tiny_svf_policy(tiny_llama_dir, init_noise=0.3)
     env = ClozeEnv(_ToyCloze())
     rollouts, encoded = env.rollouts(policy, _toy_instances(3), num_samples=2, temperature=1.0, seed=0)
     with torch.no_grad(), policy.training() as factored:
@@ -195,10 +197,7 @@ def test_a_step_without_reward_signal_leaves_the_vectors_alone(tiny_llama_dir):
     pytest.importorskip("testtime.rl.logprobs")
     from testtime.svf.reinforce import train_step
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    tokenizer = build_tiny_tokenizer()
-    svf = SVF(model, SVFConfig(cache=False))
-    policy = SVFPolicy(svf, tokenizer)
+    svf, policy = _tiny_svf_policy(tiny_llama_dir)
     never = task_from_function(
         "never",
         lambda inst, ans: (0.0, "no", False),

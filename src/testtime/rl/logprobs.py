@@ -133,11 +133,12 @@ def _can_share(decoder: nn.Module) -> bool:
         from transformers import DynamicCache
     except ImportError:  # pragma: no cover - transformers is a dependency
         return False
+    from testtime.llm.compat import cache_keyword
+
     try:
-        parameters = inspect.signature(decoder.forward).parameters
+        accepts = cache_keyword(decoder) in inspect.signature(decoder.forward).parameters
     except (TypeError, ValueError):
         return False
-    accepts = "past_key_values" in parameters or "cache" in parameters
     return accepts and hasattr(DynamicCache, "batch_repeat_interleave")
 
 
