@@ -10,15 +10,21 @@ it): its tokens/s, its ratio to the float32 engine, and the share of rows whose 
 float32 engine's (bfloat16 rounding changes some argmaxes; the test suite checks that the bfloat16 engine
 equals ``generate`` in bfloat16). Whether bfloat16 is faster depends on the CPU: with AVX-512 BF16 or AMX,
 oneDNN runs the products natively; without them (AVX2 only) torch converts to float32 and it is slower.
-When ``llama_cpp`` (llama-cpp-python) is importable, llama.cpp decodes the batch-1 prompt greedily from
-the same GGUF file in the same rounds.
+The engine with weight-only int4 products (``Engine(model16, quantize="int4")``: the layers in int4,
+groups of 32 as in the GGUF file's Q4_1, the LM head in int8; ``--quantized int8`` adds int8 everywhere,
+``--quantized`` alone none) runs on the bfloat16 model in the same rounds: at batch 1 decoding reads every
+weight once per token, so fewer bytes per weight is what moves the rate there. When ``llama_cpp``
+(llama-cpp-python) is importable, llama.cpp decodes the batch-1 prompt greedily from the same GGUF file in
+the same rounds.
 
 Usage::
 
     python benchmarks/generate.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--repeats 3] [--no-bf16]
+                                  [--quantized int4 int8]
 
 The last line printed is one JSON object with ``ratio_batch8`` (engine / generate aggregate tokens/s at
-batch 8), ``bf16_vs_fp32_batch*``, ``llamacpp_tok_s_batch1`` when measured, and the other measurements.
+batch 8), ``bf16_vs_fp32_batch*``, ``int4_tok_s_batch*``, ``llamacpp_tok_s_batch1`` with
+``bf16_vs_llamacpp_batch1`` and ``int4_vs_llamacpp_batch1`` when measured, and the other measurements.
 """
 
 from __future__ import annotations
@@ -130,6 +136,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each per batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 engine")
+    parser.add_argument(
+        "--quantized",
+        nargs="*",
+        choices=["int4", "int8"],
+        default=["int4"],
+        help="weight-only quantized engines on the bfloat16 model (none with the flag alone)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,7 +162,14 @@ def main() -> None:
         }
     )
     engine = Engine(model)
-    engine16 = None if args.no_bf16 else Engine(load_model(args.model, dtype=torch.bfloat16)[0])
+    model16 = None if args.no_bf16 and not args.quantized else load_model(args.model, dtype=torch.bfloat16)[0]
+    engine16 = None if args.no_bf16 or model16 is None else Engine(model16)
+    quantized: dict[str, Engine] = {}
+    for kind in args.quantized:
+        try:
+            quantized[kind] = Engine(model16, quantize=kind)
+        except ValueError as exc:
+            print(f"no {kind} engine: {exc}")
     from testtime.llm.loading import resolve_model
 
     resolved = resolve_model(args.model)
@@ -160,7 +180,8 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, CPU flags {_cpu_flags()}; engine path: "
         f"{'lean' if engine.lean else 'fallback'}; bf16: "
         f"{'off' if engine16 is None else 'oneDNN' if engine16.prepack else 'F.linear (no oneDNN bf16 here)'}; "
-        f"llama.cpp: {'yes' if llama is not None else 'not importable' if gguf else 'no GGUF'}"
+        f"llama.cpp: {'yes' if llama is not None else 'not importable' if gguf else 'no GGUF'}; "
+        f"quantized: {', '.join(quantized) or 'none'}"
     )
     # Warm up every contender (first calls allocate and pick kernels).
     warm = _prompts(tokenizer, 2)
@@ -168,6 +189,8 @@ def main() -> None:
     _run_engine(engine, warm, 4, eos)
     if engine16 is not None:
         _run_engine(engine16, warm, 4, eos)
+    for q in quantized.values():
+        _run_engine(q, warm, 4, eos)
     if llama is not None:
         _run_llamacpp(llama, warm[0], 4)
 
@@ -179,16 +202,19 @@ def main() -> None:
         "cpu_flags": _cpu_flags(),
         "bf16_prepacked": None if engine16 is None else engine16.prepack,
         "llamacpp": llama is not None,
+        "quantized": list(quantized),
     }
     print(
         f"{'batch':>5} {'generate tok/s':>15} {'engine tok/s':>13} {'ratio':>6} {'tokens':>7} identical"
         f"{'' if engine16 is None else '  bf16 tok/s bf16/fp32 same-as-fp32'}"
+        f"{''.join(f'  {kind} tok/s' for kind in quantized)}"
         f"{'' if llama is None else '  llama.cpp tok/s'}"
     )
     for batch in args.batch_sizes:
         prompts = _prompts(tokenizer, batch)
         gen_rates, eng_rates, ratios = [], [], []
         bf16_rates, bf16_ratios, llama_rates = [], [], []
+        quant_rates: dict[str, list[float]] = {kind: [] for kind in quantized}
         identical = True
         tokens = 0
         same_rows = 0.0
@@ -205,6 +231,9 @@ def main() -> None:
                 bf16_rates.append(sum(len(r) for r in got16) / bf16_s)
                 bf16_ratios.append(bf16_rates[-1] / eng_rates[-1])
                 same_rows = sum(a == b for a, b in zip(got, got16, strict=True)) / len(got)
+            for kind, q in quantized.items():
+                got_q, q_s = _run_engine(q, prompts, args.max_new_tokens, eos)
+                quant_rates[kind].append(sum(len(r) for r in got_q) / q_s)
             if llama is not None and batch == 1:
                 count, llama_s = _run_llamacpp(llama, prompts[0], args.max_new_tokens)
                 llama_rates.append(count / llama_s)
@@ -217,14 +246,22 @@ def main() -> None:
             summary[f"bf16_tok_s_batch{batch}"] = round(bf16, 2)
             summary[f"bf16_vs_fp32_batch{batch}"] = round(bf16_ratio, 3)
             summary[f"bf16_same_rows_batch{batch}"] = round(same_rows, 3)
+        for kind, rates in quant_rates.items():
+            rate = statistics.median(rates)
+            line += f"  {rate:>{len(kind) + 6}.1f}"
+            summary[f"{kind}_tok_s_batch{batch}"] = round(rate, 2)
+            if bf16_rates:
+                summary[f"{kind}_vs_bf16_batch{batch}"] = round(rate / statistics.median(bf16_rates), 3)
         if llama_rates:
             llama_rate = statistics.median(llama_rates)
-            line += f"  {llama_rate:>16.1f}"
+            line += f"  {llama_rate:>15.1f}"
             summary[f"llamacpp_tok_s_batch{batch}"] = round(llama_rate, 2)
             if bf16_rates:
                 summary[f"bf16_vs_llamacpp_batch{batch}"] = round(
                     statistics.median(bf16_rates) / llama_rate, 3
                 )
+            for kind, rates in quant_rates.items():
+                summary[f"{kind}_vs_llamacpp_batch{batch}"] = round(statistics.median(rates) / llama_rate, 3)
         print(line, flush=True)
         summary[f"generate_tok_s_batch{batch}"] = round(gen, 2)
         summary[f"engine_tok_s_batch{batch}"] = round(eng, 2)

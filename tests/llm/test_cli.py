@@ -117,6 +117,46 @@ def _serve_help(capsys) -> str:
 
 def test_generate_rejects_a_bad_dtype(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["llm", "generate", "--dtype", "int8", "x"])
+        main(["llm", "generate", "--dtype", "int3", "x"])
     assert exit_info.value.code == 2
     assert "--dtype" in capsys.readouterr().err
+
+
+def test_serve_passes_int4_as_a_bfloat16_model_with_quantized_products(monkeypatch):
+    import torch
+
+    from testtime.llm.local import LocalLLM
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_name(name, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(LocalLLM, "from_name", staticmethod(fake_from_name))
+    with pytest.raises(Stop):
+        main(["serve", "--dtype", "int4"])
+    assert seen["dtype"] == torch.bfloat16 and seen["quantize"] == "int4"
+
+
+def test_generate_with_int4_weights(tiny_llama_dir, capsys):
+    flags = ["--model", str(tiny_llama_dir), "--dtype", "int4", "--max-new-tokens", "4", "--json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", *flags, "hello"])
+    assert exit_info.value.code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["completion_tokens"] == 4
+
+
+def test_int4_on_a_model_it_cannot_run_is_one_clear_line(tmp_path, capsys):
+    from testtime.testing import save_tiny_llama
+
+    path = save_tiny_llama(tmp_path / "odd", hidden=48)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["llm", "generate", "--model", str(path), "--dtype", "int4", "hello"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--dtype int4" in err and "divisible by 32" in err and "Traceback" not in err

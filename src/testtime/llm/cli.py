@@ -16,19 +16,41 @@ __all__ = ["register"]
 _MODEL_HELP = "Model: 'smollm2' (embedded), a .gguf file, a local directory or a transformers hub id."
 
 
+_DTYPE_HELP = (
+    "Weights: fp32; bf16 (faster on CPUs with AVX-512 BF16 / AMX, and GPUs); int4 or int8 (bf16 model "
+    "with weight-only int4 / int8 products for small batches, CPU only: int4 decodes one stream about "
+    "1.8x faster than bf16; see docs/llm.md for the accuracy cost)."
+)
+
+
 def _dtype(name: str):
-    """``fp32`` / ``bf16`` (and their long names) as a torch dtype; anything else is a :class:`UserError`."""
+    """``--dtype`` as ``(torch dtype, quantize)``: fp32, bf16, int4, int8 (and long names); else a UserError."""
     import torch
 
     table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
+        "fp32": (torch.float32, None),
+        "float32": (torch.float32, None),
+        "bf16": (torch.bfloat16, None),
+        "bfloat16": (torch.bfloat16, None),
+        "int4": (torch.bfloat16, "int4"),
+        "int8": (torch.bfloat16, "int8"),
     }
     if name.lower() not in table:
-        raise UserError(f"--dtype must be fp32 or bf16, got {name!r}")
+        raise UserError(f"--dtype must be fp32, bf16, int4 or int8, got {name!r}")
     return table[name.lower()]
+
+
+def _load_llm(model: str, dtype: str, **kwargs):
+    """``LocalLLM.from_name`` for ``--dtype``; a setting this model or machine cannot run is a UserError."""
+    from testtime.llm.local import LocalLLM
+
+    torch_dtype, quantize = _dtype(dtype)
+    try:
+        return LocalLLM.from_name(model, dtype=torch_dtype, quantize=quantize, **kwargs)
+    except ValueError as exc:
+        if quantize is None:
+            raise
+        raise UserError(f"--dtype {dtype}: {exc}") from exc
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -73,11 +95,7 @@ def register(app: typer.Typer) -> None:
             "--batching",
             help="'continuous' (requests join the running batch at the next step) or 'static' (the old batcher).",
         ),
-        dtype: str = typer.Option(
-            "fp32",
-            "--dtype",
-            help="Weights: fp32, or bf16 (faster on CPUs with AVX-512 BF16 / AMX, and GPUs).",
-        ),
+        dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
         max_kv_tokens: int = typer.Option(
             None,
             "--max-kv-tokens",
@@ -105,7 +123,6 @@ def register(app: typer.Typer) -> None:
             import uvicorn
 
             from testtime.llm.engine import DEFAULT_PREFILL_CHUNK
-            from testtime.llm.local import LocalLLM
             from testtime.llm.server import ServerLimits, create_app
         except ModuleNotFoundError as exc:
             raise UserError(f"`testtime serve` needs {exc.name}: pip install 'testtime[serve]'") from exc
@@ -114,12 +131,12 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
         if batching not in ("continuous", "static"):
             raise UserError(f"--batching must be continuous or static, got {batching!r}")
-        torch_dtype = _dtype(dtype)
-        llm = LocalLLM.from_name(
+        _dtype(dtype)  # a bad value fails before the model loads
+        llm = _load_llm(
             model,
+            dtype,
             max_batch_size=max_batch_size,
             num_threads=threads,
-            dtype=torch_dtype,
             max_kv_tokens=max_kv_tokens,
             prefill_chunk=DEFAULT_PREFILL_CHUNK if prefill_chunk is None else (prefill_chunk or None),
         )
@@ -169,11 +186,10 @@ def register(app: typer.Typer) -> None:
         seed: int = cli_options.seed_option(None, "Seed of every random draw (default: unseeded)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object per completion."),
         threads: int = cli_options.threads_option(),
-        dtype: str = typer.Option("fp32", "--dtype", help="Weights: fp32 or bf16."),
+        dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
         top_k: int = cli_options.top_k_option(),
     ) -> None:
         """Complete prompts with the local engine, batched, and print the answers with the throughput."""
-        from testtime.llm.local import LocalLLM
         from testtime.llm.protocol import SamplingParams
 
         try:
@@ -182,7 +198,8 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        llm = LocalLLM.from_name(model, num_threads=threads, dtype=_dtype(dtype))
+        _dtype(dtype)
+        llm = _load_llm(model, dtype, num_threads=threads)
         batch = prompts if raw else [[{"role": "user", "content": p}] for p in prompts]
         out = llm.generate(batch, params)
         for prompt, choices in zip(prompts, out, strict=True):

@@ -83,8 +83,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from testtime.llm.compat import cache_kwargs, returned_cache
-from testtime.nn.fused import apply_rope_native
-from testtime.nn.norm import rms_norm
+from testtime.nn.fused import (
+    apply_rope_swapped,
+    layer_norm_gain,
+    rms_norm_by_layer_norm,
+    rms_norm_fused,
+    signed_sin_table,
+)
+from testtime.nn.quant import GROUP, quantize_with_dense, quantized_products_available
 from testtime.nn.sampling import sample
 
 __all__ = ["DecodeBatch", "Engine", "GenerationResult", "Row", "lean_supported"]
@@ -280,6 +286,31 @@ class _Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+#: The most rows a weight-only quantized product takes through its integer kernel; more rows use the dense
+#: copy of the same weights. torch's CPU int4 kernel expands the weights once per row (about 1.3 ms per row
+#: for SmolLM2's layers), so it beats oneDNN's bfloat16 product on up to about 6 rows and int8's up to 2
+#: (benchmarks/generate.py, docs/benchmarks/generate.md).
+QUANTIZED_MAX_ROWS = {"int4": 6, "int8": 2}
+
+
+class _QuantizedLinear:
+    """A weight-only int4 / int8 product (:mod:`testtime.nn.quant`) for a few rows, the same weights dense beyond.
+
+    Decoding a few rows multiplies through the integer kernel (fewer bytes to read); prefill chunks and
+    large batches multiply by the dequantized weights in bfloat16 (pre-packed for oneDNN when available).
+    Both represent the same weights, so the path changes rounding only, as batching does in bfloat16.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, kind: str, prepack: bool) -> None:
+        self.small, dense = quantize_with_dense(weight, bias, kind=kind)  # type: ignore[arg-type]
+        self.large = _Linear(dense, self.small.bias, prepack=prepack)
+        self.max_rows = QUANTIZED_MAX_ROWS[kind]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        return self.small(x) if rows <= self.max_rows else self.large(x)
+
+
 @dataclass
 class _LayerWeights:
     """One decoder layer's weights as the lean forward uses them (QKV and gate/up fused)."""
@@ -287,11 +318,11 @@ class _LayerWeights:
     sources: list[torch.Tensor]
     signature: tuple[tuple[int, int, int], ...]
     parametrized: bool
-    qkv: _Linear  # [(Nh + 2 Nk) D, H]
-    o: _Linear  # [H, Nh D]
-    gate_up: _Linear  # [2 I, H]
-    down: _Linear  # [H, I]
-    ln_attn: torch.Tensor
+    qkv: _Linear | _QuantizedLinear  # [(Nh + 2 Nk) D, H]
+    o: _Linear | _QuantizedLinear  # [H, Nh D]
+    gate_up: _Linear | _QuantizedLinear  # [2 I, H]
+    down: _Linear | _QuantizedLinear  # [H, I]
+    ln_attn: torch.Tensor  # norm gains in the norms' compute dtype (float32, or float64 for float64 models)
     ln_mlp: torch.Tensor
 
 
@@ -739,6 +770,11 @@ class Engine:
         num_threads: torch threads during this engine's calls (None: leave torch's setting). One thread is
             much faster than two on oversubscribed cores (see docs/benchmarks/generate.md). The setting is
             process-wide while a call runs.
+        quantize: weight-only integer products on the lean path (:mod:`testtime.nn.quant`): ``"int4"``
+            (the layers in int4, groups of 32 inputs as in GGUF's Q4_1, the LM head in int8 per row) or
+            ``"int8"`` (every product in int8 per row); None keeps the model's dtype. Needs a bfloat16 model
+            on the CPU (the activations stay in bfloat16). Quantized copies are rebuilt when weights change,
+            as the packed ones are; the model itself is not modified. See docs/llm.md for the accuracy cost.
     """
 
     def __init__(
@@ -749,6 +785,7 @@ class Engine:
         compact_fraction: float = 0.25,
         prepack: bool | None = None,
         num_threads: int | None = None,
+        quantize: str | None = None,
     ) -> None:
         self.model = model
         ok, reason = lean_supported(model)
@@ -761,12 +798,13 @@ class Engine:
             raise ValueError("num_threads must be >= 1")
         self.num_threads = num_threads
         self._layers: list[_LayerWeights] = []
-        self._head: tuple[tuple[tuple[int, int, int], ...], _Linear] | None = None
+        self._head: tuple[tuple[tuple[int, int, int], ...], _Linear | _QuantizedLinear] | None = None
         self._misc: tuple[tuple[tuple[int, int, int], ...], torch.Tensor, torch.Tensor] | None = None
         available = self.lean and _onednn_available(self.device, self.dtype)
         if prepack and not available:
             raise ValueError("prepack=True needs the lean path on a CPU with oneDNN, in float32 or bfloat16")
         self.prepack = available if prepack is None else bool(prepack)
+        self.quantize = self._check_quantize(quantize)
         # The weight-update contract: steps run one at a time, never while weights change.
         self._condition = threading.Condition()
         self._busy = False
@@ -781,6 +819,38 @@ class Engine:
             self.eps = config.rms_norm_eps
             self.scale = 1.0 / math.sqrt(self.head_dim)
             self._rope_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def _check_quantize(self, kind: str | None) -> str | None:
+        """``kind`` if this model and machine support it, else a ValueError that says why."""
+        if kind is None:
+            return None
+        if kind not in ("int4", "int8"):
+            raise ValueError(f"quantize must be 'int4', 'int8' or None, got {kind!r}")
+        if not self.lean:
+            raise ValueError(
+                f"quantize={kind!r} needs the lean forward, which this model does not support "
+                f"({self.fallback_reason})"
+            )
+        if self.device.type != "cpu" or self.dtype != torch.bfloat16:
+            raise ValueError(
+                f"quantize={kind!r} needs a bfloat16 model on the CPU, got {self.dtype} on {self.device} "
+                "(load it with dtype=torch.bfloat16)"
+            )
+        if not quantized_products_available(kind):  # type: ignore[arg-type]
+            raise ValueError(f"this torch build has no weight-only {kind} products on the CPU")
+        if kind == "int4":
+            config = self.model.config
+            heads = config.num_attention_heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            inputs = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size}
+            inputs["attention width (heads x head_dim)"] = heads * head_dim
+            bad = [f"{name} {value}" for name, value in inputs.items() if value % GROUP]
+            if bad:
+                raise ValueError(
+                    f"quantize='int4' needs every product's input size divisible by {GROUP}; "
+                    f"this model has {', '.join(bad)} (use quantize='int8')"
+                )
+        return kind
 
     # ------------------------------------------------------------------ weights
 
@@ -897,19 +967,47 @@ class Engine:
         bqkv = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
         if bqkv is None and any(b is not None for b in biases):
             raise ValueError("the lean forward needs all or none of q/k/v biases")
-        pack = self.prepack
+        linear = self._linear
         # Copies (not views) everywhere, so that a weight edited during a step cannot mix into it.
         return _LayerWeights(
             sources=sources,
             signature=_signature(sources),
             parametrized=parametrized,
-            qkv=_Linear(wqkv, bqkv, prepack=pack),
-            o=_Linear(attn.o_proj.weight.detach().clone(), _clone(attn.o_proj.bias), prepack=pack),
-            gate_up=_Linear(w_gate_up, None, prepack=pack),
-            down=_Linear(mlp.down_proj.weight.detach().clone(), None, prepack=pack),
-            ln_attn=layer.input_layernorm.weight.detach().clone(),
-            ln_mlp=layer.post_attention_layernorm.weight.detach().clone(),
+            qkv=linear(wqkv, bqkv, self.quantize),
+            o=linear(attn.o_proj.weight.detach().clone(), _clone(attn.o_proj.bias), self.quantize),
+            gate_up=linear(w_gate_up, None, self.quantize),
+            down=linear(mlp.down_proj.weight.detach().clone(), None, self.quantize),
+            ln_attn=self._norm_gain(layer.input_layernorm.weight),
+            ln_mlp=self._norm_gain(layer.post_attention_layernorm.weight),
         )
+
+    def _linear(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str | None
+    ) -> _Linear | _QuantizedLinear:
+        """One weight product of the lean path: quantized (``kind``), oneDNN pre-packed, or ``F.linear``."""
+        if kind is None:
+            return _Linear(weight, bias, prepack=self.prepack)
+        return _QuantizedLinear(weight, bias, kind=kind, prepack=self.prepack)
+
+    def _norm_gain(self, weight: torch.Tensor) -> torch.Tensor:
+        """An RMSNorm gain as :meth:`_norm` takes it: a float32 (float64) copy, doubled for the LayerNorm form."""
+        if self.quantize is not None:
+            return layer_norm_gain(weight)
+        compute = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return weight.detach().to(compute, copy=True)
+
+    def _norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of the lean path: exact (:func:`rms_norm_fused`) unless products are quantized anyway.
+
+        With quantized weights the LayerNorm form (:func:`rms_norm_by_layer_norm`), twice as fast for up to
+        32 rows and equal up to the rounding of the variance, is used there: int4 weights move every output
+        far more.
+        """
+        if self.quantize is None:
+            return rms_norm_fused(x, gain, eps=self.eps)
+        if x.numel() <= 32 * x.shape[-1]:
+            return rms_norm_by_layer_norm(x, gain, eps=self.eps)
+        return rms_norm_fused(x, gain[: x.shape[-1]], eps=self.eps)  # faster for many rows
 
     def _sync_weights(self) -> None:
         """Re-fuse the layers whose parameters changed since they were read (cheap when none did)."""
@@ -923,10 +1021,11 @@ class Engine:
         head_sources = [head.weight] + ([head.bias] if head.bias is not None else [])
         if self._head is None or self._head[0] != _signature(head_sources):
             weight = head.weight.detach().clone()
-            self._head = (_signature(head_sources), _Linear(weight, _clone(head.bias), prepack=self.prepack))
+            kind = None if self.quantize is None else "int8"  # the head in int8 whatever the layers
+            self._head = (_signature(head_sources), self._linear(weight, _clone(head.bias), kind))
         misc = [self.model.model.embed_tokens.weight, self.model.model.norm.weight]
         if self._misc is None or self._misc[0] != _signature(misc):
-            self._misc = (_signature(misc), misc[0].detach().clone(), misc[1].detach().clone())
+            self._misc = (_signature(misc), misc[0].detach().clone(), self._norm_gain(misc[1]))
         layers = self.model.model.layers
         if len(self._layers) != len(layers):
             self._layers = [self._build_layer(layer) for layer in layers]
@@ -941,9 +1040,10 @@ class Engine:
                 self._layers[index] = self._build_layer(layer)
 
     def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin``: ``[length, D]`` from the model's own rotary module (any RoPE scaling it implements).
+        """``cos, signed sin``: ``[length, D]`` from the model's own rotary module (any RoPE scaling it implements).
 
-        In the model's dtype, both halves repeating the ``D/2`` angles, for :func:`apply_rope_native`.
+        In the model's dtype, both halves repeating the ``D/2`` angles, the sine's first half negated, for
+        :func:`testtime.nn.fused.apply_rope_swapped`.
         """
         if self._rope_cache is None or self._rope_cache[0] < length:
             size = max(length, 256, 2 * (self._rope_cache[0] if self._rope_cache else 0))
@@ -952,7 +1052,7 @@ class Engine:
             cos, sin = self.model.model.rotary_emb(probe, positions)
             half = cos.shape[-1] // 2
             assert torch.equal(cos[0, :, :half], cos[0, :, half:]), "half-split RoPE tables expected"
-            self._rope_cache = (size, cos[0], sin[0])
+            self._rope_cache = (size, cos[0], signed_sin_table(sin[0]))
         return self._rope_cache[1], self._rope_cache[2]
 
     # ------------------------------------------------------------------ lean forward
@@ -990,17 +1090,18 @@ class Engine:
         assert self._misc is not None, "_sync_weights runs before any forward"
         x = F.embedding(ids, self._misc[1])
         table_cos, table_sin = self._rope_tables(int(positions.max()) + 1)
-        cos = table_cos[positions].unsqueeze(1)  # [B, 1, S, D]
-        sin = table_sin[positions].unsqueeze(1)
+        cos = table_cos[positions].unsqueeze(2)  # [B, S, 1, D]
+        sin = table_sin[positions].unsqueeze(2)
         q_size, kv_size = nh * d, nk * d
         rows = torch.arange(num_rows, device=ids.device)
         for index, weights in enumerate(self._layers):
-            h = rms_norm(x, weights.ln_attn, eps=self.eps)
+            h = self._norm(x, weights.ln_attn)
             qkv = weights.qkv(h)
-            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = apply_rope_native(q.view(num_rows, length, nh, d).transpose(1, 2), cos, sin)
-            k = apply_rope_native(k.view(num_rows, length, nk, d).transpose(1, 2), cos, sin)
-            v = v.view(num_rows, length, nk, d).transpose(1, 2)
+            # RoPE on the query and key heads together: [B, S, Nh + Nk, D].
+            qk = apply_rope_swapped(qkv[..., : q_size + kv_size].view(num_rows, length, nh + nk, d), cos, sin)
+            q = qk[:, :, :nh].transpose(1, 2)
+            k = qk[:, :, nh:].transpose(1, 2)
+            v = qkv[..., q_size + kv_size :].view(num_rows, length, nk, d).transpose(1, 2)
             layer_k, layer_v = cache_k[index], cache_v[index]  # [B, Nk, C, D]
             if write is None:
                 layer_k[:, :, :length] = k
@@ -1020,14 +1121,14 @@ class Engine:
                 )
                 out = out.transpose(1, 2).reshape(num_rows, length, nh * d)
             x = x + weights.o(out)
-            h = rms_norm(x, weights.ln_mlp, eps=self.eps)
+            h = self._norm(x, weights.ln_mlp)
             gate, up = weights.gate_up(h).chunk(2, dim=-1)
             x = x + weights.down(F.silu(gate) * up)
         if last is not None:
             x = x[rows, last]
         elif length == 1:
             x = x[:, 0]
-        return rms_norm(x, self._misc[2], eps=self.eps)
+        return self._norm(x, self._misc[2])
 
     def _forward_packed(
         self,
@@ -1071,7 +1172,7 @@ class Engine:
         top = max([n for n in decode_lengths] + [start + count for _, _, _, start, count in segments])
         table_cos, table_sin = self._rope_tables(top)
         cos = table_cos[positions].unsqueeze(1)  # [N, 1, D]
-        sin = table_sin[positions].unsqueeze(1)
+        sin = table_sin[positions].unsqueeze(1)  # signed (see _rope_tables)
         q_size, kv_size = nh * d, nk * d
         device = ids.device
         if b:
@@ -1099,12 +1200,12 @@ class Engine:
                     columns[None] <= torch.arange(start, start + count, device=device)[:, None]
                 )
         for index, weights in enumerate(self._layers):
-            h = rms_norm(x, weights.ln_attn, eps=self.eps)
+            h = self._norm(x, weights.ln_attn)
             qkv = weights.qkv(h)
-            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = apply_rope_native(q.view(total, nh, d), cos, sin)
-            k = apply_rope_native(k.view(total, nk, d), cos, sin)
-            v = v.view(total, nk, d)
+            # RoPE on the query and key heads together: [N, Nh + Nk, D].
+            qk = apply_rope_swapped(qkv[:, : q_size + kv_size].view(total, nh + nk, d), cos, sin)
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, q_size + kv_size :].view(total, nk, d)
             pieces = []
             if b:
                 layer_k, layer_v = cache_k[index], cache_v[index]  # [R, Nk, C, D]
@@ -1147,10 +1248,10 @@ class Engine:
                 pieces.append(out[0].transpose(0, 1).reshape(count, nh * d))
                 offset = end
             x = x + weights.o(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
-            h = rms_norm(x, weights.ln_mlp, eps=self.eps)
+            h = self._norm(x, weights.ln_mlp)
             gate, up = weights.gate_up(h).chunk(2, dim=-1)
             x = x + weights.down(F.silu(gate) * up)
-        return rms_norm(x[outputs], self._misc[2], eps=self.eps)
+        return self._norm(x[outputs], self._misc[2])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._head is not None, "_sync_weights runs before any forward"

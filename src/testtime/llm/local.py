@@ -47,6 +47,8 @@ class LocalLLM(BaseLLM):
         max_kv_tokens: bound on the KV cache in token columns (None: ``max_batch_size`` alone bounds it).
         prefill_chunk: the most prompt tokens the scheduler prefills per step, so that long prompts join
             the running batch in chunks instead of stalling it (None: whole prompts).
+        quantize: weight-only ``"int4"`` or ``"int8"`` products for a bfloat16 model on the CPU (see
+            :class:`~testtime.llm.engine.Engine`); None: the model's own dtype.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class LocalLLM(BaseLLM):
         num_threads: int | None = None,
         max_kv_tokens: int | None = None,
         prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+        quantize: str | None = None,
     ) -> None:
         super().__init__(defaults=defaults)
         if max_batch_size < 1:
@@ -69,7 +72,7 @@ class LocalLLM(BaseLLM):
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.engine = Engine(model, lean=lean, num_threads=num_threads)
+        self.engine = Engine(model, lean=lean, num_threads=num_threads, quantize=quantize)
         self.scheduler = Scheduler(
             self.engine,
             max_batch_size=max_batch_size,

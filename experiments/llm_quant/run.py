@@ -1,0 +1,166 @@
+"""Accuracy of the engine's weight-only int8 / int4 products on the embedded SmolLM2, against float32.
+
+The float32 model is the GGUF file's weights expanded (its layers are Q4_1, its embedding / tied LM head
+Q8_0), so float32 here is "the GGUF model without rounding of activations". For each weight format of the
+engine (bfloat16, int8, int4) this measures, on the same inputs:
+
+- **perplexity** of a held-out Shakespeare passage (teacher-forced, one forward per window);
+- **greedy agreement**: chat prompts decoded greedily for ``--tokens`` tokens; the share of rows identical
+  to float32's, and the mean index of the first differing token;
+- **log-prob gap** on float32's greedy completions: ``|log p_format - log p_fp32|`` per token (mean, median,
+  p95, max), the quantity RL importance ratios would see.
+
+What it can show: how far each format moves this one 135M model's outputs. What it cannot: quality on
+downstream tasks, other models (larger models usually lose less to int4), or GPUs (the int kernels here
+are the CPU ones).
+
+Usage::
+
+    python experiments/llm_quant/run.py [--prompts 32] [--tokens 48] [--seeds 0 1 2]
+
+Seeds pick which Shakespeare windows are scored (``--windows`` each); the spread over seeds is reported.
+The last line is one JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+import torch
+
+QUESTIONS = [
+    "Explain gravity to a child in two sentences.",
+    "Give one reason the sky looks blue.",
+    "Write a haiku about test-time compute.",
+    "What is 12 + 30?",
+    "Name three fruits that are red.",
+    "What is the capital of France?",
+    "What is a prime number?",
+    "Tell me a short joke about computers.",
+    "How many legs does a spider have?",
+    "Why do leaves change colour in autumn?",
+    "What does a compiler do?",
+    "Describe the water cycle briefly.",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water in Celsius?",
+    "Suggest a name for a pet turtle.",
+    "What is the difference between weather and climate?",
+    "List two uses of a paperclip.",
+    "What is photosynthesis?",
+    "Translate 'good morning' into Spanish.",
+    "What is the largest planet in the solar system?",
+    "Give me a tip for learning to code.",
+    "What is 7 times 8?",
+    "Why is exercise healthy?",
+    "What is an atom made of?",
+    "Write one sentence about the ocean.",
+    "What do bees make?",
+    "How does a rainbow form?",
+    "Name a famous painting.",
+    "What is the square root of 81?",
+    "What is the main ingredient of bread?",
+    "Why do we have seasons?",
+    "What language is spoken in Brazil?",
+]
+
+
+def _text() -> str:
+    root = Path(__file__).resolve().parents[2] / "src" / "testtime" / "data" / "tinyshakespeare"
+    return (root / "input.txt").read_text(encoding="utf-8")
+
+
+def _perplexity(engine, tokens: list[int], starts: list[int], window: int) -> float:
+    """exp(mean NLL) over the windows (the first token of each is context only)."""
+    total, count = 0.0, 0
+    for start in starts:
+        piece = tokens[start : start + window]
+        scores = engine.score([piece[:1]], [piece[1:]])[0]
+        total -= sum(scores)
+        count += len(scores)
+    return math.exp(total / count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--windows", type=int, default=8, help="Shakespeare windows per seed")
+    parser.add_argument("--window", type=int, default=256, help="tokens per window")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+
+    from testtime.llm.engine import Engine
+    from testtime.llm.loading import load_model
+
+    model32, tokenizer = load_model(None)
+    model16, _ = load_model(None, dtype=torch.bfloat16)
+    engines = {
+        "fp32": Engine(model32),
+        "bf16": Engine(model16),
+        "int8": Engine(model16, quantize="int8"),
+        "int4": Engine(model16, quantize="int4"),
+    }
+    eos = [tokenizer.eos_token_id]
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS[: args.prompts]]
+    prompts = [
+        list(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
+        for c in chats
+    ]
+    greedy = {
+        name: engine.generate(prompts, max_new_tokens=args.tokens, stop_token_ids=eos).tokens
+        for name, engine in engines.items()
+    }
+    reference = greedy["fp32"]
+    ref_scores = engines["fp32"].score(prompts, reference)
+    tokens = tokenizer(_text())["input_ids"]
+    held_out = tokens[len(tokens) * 9 // 10 :]  # the last tenth
+    summary: dict[str, dict[str, float]] = {}
+    print(
+        f"{'format':>6} {'perplexity (per seed)':>30} {'rows = fp32':>12} {'first diff':>10} "
+        f"{'|dlogp| mean':>12} {'median':>8} {'p95':>7} {'max':>7}"
+    )
+    for name, engine in engines.items():
+        perplexities = []
+        for seed in args.seeds:
+            rng = random.Random(seed)
+            starts = [rng.randrange(0, len(held_out) - args.window) for _ in range(args.windows)]
+            perplexities.append(_perplexity(engine, held_out, starts, args.window))
+        same = sum(a == b for a, b in zip(greedy[name], reference, strict=True)) / len(reference)
+        firsts = []
+        for a, b in zip(greedy[name], reference, strict=True):
+            diff = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+            firsts.append(min(len(a), len(b)) if diff is None else diff)
+        scores = engine.score(prompts, reference)
+        gaps = sorted(
+            abs(x - y)
+            for row, ref in zip(scores, ref_scores, strict=True)
+            for x, y in zip(row, ref, strict=True)
+        )
+        p95 = gaps[int(0.95 * (len(gaps) - 1))]
+        summary[name] = {
+            "perplexity_mean": round(statistics.mean(perplexities), 4),
+            "perplexity_sd": round(statistics.stdev(perplexities), 4) if len(perplexities) > 1 else 0.0,
+            "greedy_rows_equal_fp32": round(same, 3),
+            "first_difference_mean": round(statistics.mean(firsts), 2),
+            "logprob_gap_mean": round(statistics.mean(gaps), 4),
+            "logprob_gap_median": round(statistics.median(gaps), 4),
+            "logprob_gap_p95": round(p95, 4),
+            "logprob_gap_max": round(gaps[-1], 4),
+        }
+        s = summary[name]
+        per_seed = " ".join(f"{p:.3f}" for p in perplexities)
+        print(
+            f"{name:>6} {per_seed:>30} {same:>12.2f} {s['first_difference_mean']:>10.1f} "
+            f"{s['logprob_gap_mean']:>12.4f} {s['logprob_gap_median']:>8.4f} {p95:>7.4f} {gaps[-1]:>7.4f}",
+            flush=True,
+        )
+    print(json.dumps({"scored_tokens": sum(len(r) for r in reference), **summary}))
+
+
+if __name__ == "__main__":
+    main()
