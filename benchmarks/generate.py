@@ -84,13 +84,45 @@ def _prompts(tokenizer, batch: int) -> list[list[int]]:
     ]
 
 
+PAUSE_S = 0.3  # before each timed run: the previous contender's spinning OpenMP threads go to sleep
+
+
+def _products_ceiling(engine, repeats: int = 7) -> float:
+    """Tokens/s if a batch-1 decoding step cost only its weight products (every layer's and the LM head's).
+
+    Runs the engine's own prepared products (packed, fused) on one row, nothing else: the bound that
+    memory bandwidth and the product kernels set, whatever the rest of the step costs.
+    """
+    engine._sync_weights()
+    products = [p for layer in engine._layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    products.append(engine._head[1])
+    config = engine.model.config
+    inputs = {}
+    for layer in engine.model.model.layers[:1]:
+        for module in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+            inputs[module.in_features] = torch.randn(1, module.in_features, dtype=engine.dtype)
+    widths = [config.hidden_size, layer.self_attn.o_proj.in_features, config.hidden_size]
+    widths += [layer.mlp.down_proj.in_features]
+    order = widths * len(engine._layers) + [config.hidden_size]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for product, width in zip(products, order, strict=True):
+                product(inputs[width])
+            times.append(time.perf_counter() - start)
+    return 1 / statistics.median(times[2:])
+
+
 def _run_generate(model, prompts: list[list[int]], max_new_tokens: int, eos: list[int], pad: int):
+    time.sleep(PAUSE_S)
     return hf_generate_greedy(
         model, prompts, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=pad
     )
 
 
 def _run_engine(engine, prompts: list[list[int]], max_new_tokens: int, eos: list[int]):
+    time.sleep(PAUSE_S)
     start = time.perf_counter()
     result = engine.generate(prompts, max_new_tokens=max_new_tokens, stop_token_ids=eos)
     return result.tokens, time.perf_counter() - start
@@ -123,6 +155,7 @@ def _llamacpp(gguf: str | None, threads: int):
 def _run_llamacpp(llama, prompt: list[int], max_new_tokens: int) -> tuple[int, float]:
     """Greedy decoding of one prompt (token ids) by llama.cpp: ``(completion tokens, seconds)``."""
     llama.reset()
+    time.sleep(PAUSE_S)
     start = time.perf_counter()
     out = llama.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1)
     return int(out["usage"]["completion_tokens"]), time.perf_counter() - start
@@ -204,6 +237,10 @@ def main() -> None:
         "llamacpp": llama is not None,
         "quantized": list(quantized),
     }
+    if engine16 is not None and engine16.lean:
+        ceiling = _products_ceiling(engine16)
+        summary["bf16_products_only_tok_s_batch1"] = round(ceiling, 1)
+        print(f"bf16 batch 1, weight products alone (no attention, norms, sampling): {ceiling:.1f} tok/s")
     print(
         f"{'batch':>5} {'generate tok/s':>15} {'engine tok/s':>13} {'ratio':>6} {'tokens':>7} identical"
         f"{'' if engine16 is None else '  bf16 tok/s bf16/fp32 same-as-fp32'}"

@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--threads", type=int, default=None, help="server threads (default: the server's)")
-    parser.add_argument("--dtype", default="fp32", help="testtime serve --dtype (fp32 or bf16)")
+    parser.add_argument("--dtype", default="fp32", help="testtime serve --dtype (fp32, bf16, int4 or int8)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all servers, order alternating")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")

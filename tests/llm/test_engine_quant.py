@@ -136,3 +136,22 @@ def test_int4_needs_input_sizes_divisible_by_32(tmp_path):
         Engine(model, quantize="int4")
     engine = Engine(model, quantize="int8")  # int8 has no group constraint
     assert len(engine.generate([[5, 6, 7]], max_new_tokens=3).tokens[0]) == 3
+
+
+def test_local_llm_serves_int4_through_the_scheduler(tiny_llama_dir):
+    """``LocalLLM(..., quantize="int4")``: seeded sampling through the scheduler replays exactly."""
+    from testtime.llm.loading import load_model
+    from testtime.llm.local import LocalLLM
+    from testtime.llm.protocol import SamplingParams
+
+    model, tokenizer = load_model(tiny_llama_dir, dtype=torch.bfloat16)
+    llm = LocalLLM(model, tokenizer, quantize="int4")
+    try:
+        assert llm.engine.quantize == "int4"
+        params = SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=7)
+        first = llm.generate(["hello there"], params)[0]
+        again = llm.generate(["hello there"], params)[0]
+        assert [c.token_ids for c in first] == [c.token_ids for c in again]
+        assert all(c.completion_tokens > 0 for c in first)
+    finally:
+        llm.close()

@@ -58,6 +58,13 @@ by bfloat16 rounding (measured in docs/fidelity/llm.md), so RL scores the policy
 only where the hardware multiplies bfloat16 natively (AVX-512 BF16 / AMX with oneDNN, GPUs); on an
 AVX2-only CPU oneDNN has no bfloat16 kernel here and it runs slower than float32.
 
+**Weight-only int4 / int8** (``Engine(model16, quantize="int4")``, :mod:`testtime.nn.quant`): on a bfloat16
+model on the CPU, products over up to :data:`QUANTIZED_MAX_ROWS` rows read integer weights (int4 in groups of
+32 as in GGUF's Q4_1, the LM head in int8), which makes single-stream decoding about 1.75x faster than
+bfloat16 (it is bound by the bytes of weights read per token); products over more rows multiply by a dense
+bfloat16 copy of the same dequantized weights, where the integer kernels are slower. docs/llm.md gives the
+speed and accuracy measured.
+
 Log-probabilities are those of the model's raw distribution (temperature 1, no top-p) unless a row asks for
 the temperature-scaled one (``logprobs_scaled``); :meth:`Engine.score` gives raw log-probabilities of given
 completions.
