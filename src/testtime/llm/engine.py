@@ -289,6 +289,14 @@ class _Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
+            if x.dim() == 2 and x.shape[0] == 1:
+                # oneDNN runs one row through another kernel than two or more, with another summation
+                # order over K; the row doubled makes a row's result the same alone as in any batch
+                # (per-request determinism; tests/llm/test_determinism.py), for about 4% at batch 1.
+                both = torch.ops.mkldnn._linear_pointwise(
+                    x.expand(2, -1), self.packed, self.bias, "none", [None], ""
+                )
+                return both[:1]
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
         return F.linear(x, self.weight, self.bias)
 
@@ -344,6 +352,12 @@ class _Prefill:
     def prompt(self) -> list[int]:
         return self.rows[0].prompt
 
+
+# Decoding attention reads a row's keys over a width rounded up to a multiple of this, the columns past the
+# row's length masked: CPU SDPA's result for a row depends on how many columns it is given (its vectorised
+# tail), not on masked columns beyond a multiple of 64, so a row attends the same alone and next to longer
+# rows (per-request determinism).
+ATTENTION_WIDTH_QUANTUM = 64
 
 # Decoding attention runs row by row (each row over its own cached columns, no mask) instead of one masked
 # call over the longest row's columns when the masked call would carry more than this many padding columns
@@ -1185,16 +1199,23 @@ class Engine:
         if b:
             rows = torch.arange(b, device=device)
             write = torch.tensor([n - 1 for n in decode_lengths], device=device)
-            need = max(decode_lengths)
+            columns = cache_k.shape[3]
+            quantum = ATTENTION_WIDTH_QUANTUM
+            widths = [min(columns, quantum * math.ceil(n / quantum)) for n in decode_lengths]
+            need = max(widths)
             # One call over the longest row's columns (the others masked), or one call per row over its
             # own columns when that would mostly read padding (CPU; see PER_ROW_ATTENTION_PADDING).
             per_row = (
                 device.type == "cpu"
                 and b > 1
-                and b * need - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
+                and b * max(decode_lengths) - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
             )
-            mask = None
-            if not per_row and min(decode_lengths) < need:
+            if per_row:
+                row_masks = [
+                    (torch.arange(w, device=device) < n)[None, None, None, :]
+                    for n, w in zip(decode_lengths, widths, strict=True)
+                ]
+            else:
                 lengths = torch.tensor(decode_lengths, device=device)
                 mask = (torch.arange(need, device=device)[None] < lengths[:, None])[:, None, None, :]
         chunk_masks: list[torch.Tensor | None] = []
@@ -1225,11 +1246,12 @@ class Engine:
                         [
                             F.scaled_dot_product_attention(
                                 folded[i : i + 1],
-                                layer_k[i : i + 1, :, :n],
-                                layer_v[i : i + 1, :, :n],
+                                layer_k[i : i + 1, :, :w],
+                                layer_v[i : i + 1, :, :w],
+                                attn_mask=row_masks[i],
                                 scale=self.scale,
                             )
-                            for i, n in enumerate(decode_lengths)
+                            for i, w in enumerate(widths)
                         ]
                     )
                 else:
