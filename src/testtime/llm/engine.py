@@ -286,19 +286,56 @@ class _Linear:
         self.bias = None if bias is None else bias.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8) if prepack else None
         self.weight = None if prepack else weight.detach()
+        self.pair = prepack and _one_row_differs(weight.shape[0], weight.shape[1], weight.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            if x.dim() == 2 and x.shape[0] == 1:
-                # oneDNN runs one row through another kernel than two or more, with another summation
-                # order over K; the row doubled makes a row's result the same alone as in any batch
-                # (per-request determinism; tests/llm/test_determinism.py), for about 4% at batch 1.
-                both = torch.ops.mkldnn._linear_pointwise(
-                    x.expand(2, -1), self.packed, self.bias, "none", [None], ""
-                )
-                return both[:1]
+            if self.pair and x.dim() == 2 and x.shape[0] == 1:
+                # See _one_row_differs: the row doubled sums like a row of any batch.
+                both = torch.cat([x, x])
+                return torch.ops.mkldnn._linear_pointwise(both, self.packed, self.bias, "none", [None], "")[
+                    :1
+                ]
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
         return F.linear(x, self.weight, self.bias)
+
+
+def _additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``visible``, -inf elsewhere, in ``dtype`` (SDPA's additive form of a boolean mask)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(
+        ~visible, float("-inf")
+    )
+
+
+_ONE_ROW_DIFFERS: dict[tuple[int, int, torch.dtype], bool] = {}
+
+
+def _one_row_differs(out_features: int, in_features: int, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed product of this shape gives a row alone another result than in a batch.
+
+    oneDNN runs a one-row product through another kernel than products of two or more rows, and for some
+    shapes that kernel sums over K in another order (on the embedded model: the down projection, K = 1536;
+    in float32 every row then differs from the same row in a batch, in bfloat16 about one in ten). Such
+    products run a single row doubled, which costs a few percent at batch 1 and makes a seeded request's
+    result independent of its batch (tests/llm/test_determinism.py). Probed once per shape and dtype with
+    random data: 64 rows alone against the same 64 rows together.
+    """
+    key = (out_features, in_features, dtype)
+    if key not in _ONE_ROW_DIFFERS:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
+        x = torch.randn(64, in_features, generator=generator).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+        with torch.inference_mode():
+            together = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")
+            alone = torch.cat(
+                [
+                    torch.ops.mkldnn._linear_pointwise(x[i : i + 1], packed, None, "none", [None], "")
+                    for i in range(64)
+                ]
+            )
+        _ONE_ROW_DIFFERS[key] = not torch.equal(alone, together)
+    return _ONE_ROW_DIFFERS[key]
 
 
 #: The most rows a weight-only quantized product takes through its integer kernel; more rows use the dense
@@ -1210,14 +1247,16 @@ class Engine:
                 and b > 1
                 and b * max(decode_lengths) - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
             )
+            # Additive float masks, made once per step (SDPA converts a boolean one at every call).
             if per_row:
                 row_masks = [
-                    (torch.arange(w, device=device) < n)[None, None, None, :]
+                    _additive_mask(torch.arange(w, device=device) < n, x.dtype)[None, None, None, :]
                     for n, w in zip(decode_lengths, widths, strict=True)
                 ]
             else:
                 lengths = torch.tensor(decode_lengths, device=device)
-                mask = (torch.arange(need, device=device)[None] < lengths[:, None])[:, None, None, :]
+                visible = torch.arange(need, device=device)[None] < lengths[:, None]
+                mask = _additive_mask(visible, x.dtype)[:, None, None, :]
         chunk_masks: list[torch.Tensor | None] = []
         for _, _, _, start, count in segments:
             if start == 0:
