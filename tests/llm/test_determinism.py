@@ -12,7 +12,9 @@ from testtime.llm.engine import DecodeBatch, Engine, Row
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.mark.skipif(not engine_module._onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN")
+@pytest.mark.skipif(
+    not engine_module._onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN"
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_products_give_a_row_the_same_result_alone_and_in_any_batch(dtype):
     """K = 1536 (SmolLM2's down projection): oneDNN sums one row in another order than several."""
@@ -56,7 +58,9 @@ def test_seeded_rows_are_bit_identical_alone_and_together(tiny_llama_dir, monkey
     monkeypatch.setattr(engine_module, "PER_ROW_ATTENTION_PADDING", padding)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=dtype).eval()
     engine = Engine(model, lean=True)
-    prompts = [[(7 * j + 3 * k + 1) % 250 for j in range(length)] for k, length in enumerate((3, 60, 70, 130))]
+    prompts = [
+        [(7 * j + 3 * k + 1) % 250 for j in range(length)] for k, length in enumerate((3, 60, 70, 130))
+    ]
     alone = [_row(p, 100 + i) for i, p in enumerate(prompts)]
     for row in alone:
         _run(DecodeBatch(engine, max_rows=1), {0: [row]})
