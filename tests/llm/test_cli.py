@@ -91,9 +91,17 @@ def test_serve_rejects_bad_flags_before_loading(flags, message, capsys):
 def test_serve_passes_prefill_chunk_to_the_scheduler(monkeypatch, flags, expected, capsys):
     """--prefill-chunk reaches the scheduler: the default is the engine's, 0 turns chunking off."""
     from testtime.llm.engine import DEFAULT_PREFILL_CHUNK
+
+    seen = _serve_load_arguments(monkeypatch, flags)
+    assert seen["prefill_chunk"] == (DEFAULT_PREFILL_CHUNK if expected == "default" else expected)
+    assert str(DEFAULT_PREFILL_CHUNK) in " ".join(_serve_help(capsys).split())
+
+
+def _serve_load_arguments(monkeypatch, flags: list[str]) -> dict:
+    """The keyword arguments ``testtime serve FLAGS`` passes to ``LocalLLM.from_name`` (stopped there)."""
     from testtime.llm.local import LocalLLM
 
-    seen = {}
+    seen: dict = {}
 
     class Stop(Exception):
         pass
@@ -105,8 +113,7 @@ def test_serve_passes_prefill_chunk_to_the_scheduler(monkeypatch, flags, expecte
     monkeypatch.setattr(LocalLLM, "from_name", staticmethod(fake_from_name))
     with pytest.raises(Stop):
         main(["serve", *flags])
-    assert seen["prefill_chunk"] == (DEFAULT_PREFILL_CHUNK if expected == "default" else expected)
-    assert str(DEFAULT_PREFILL_CHUNK) in " ".join(_serve_help(capsys).split())
+    return seen
 
 
 def _serve_help(capsys) -> str:
@@ -125,20 +132,7 @@ def test_generate_rejects_a_bad_dtype(capsys):
 def test_serve_passes_int4_as_a_bfloat16_model_with_quantized_products(monkeypatch):
     import torch
 
-    from testtime.llm.local import LocalLLM
-
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_from_name(name, **kwargs):
-        seen.update(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(LocalLLM, "from_name", staticmethod(fake_from_name))
-    with pytest.raises(Stop):
-        main(["serve", "--dtype", "int4"])
+    seen = _serve_load_arguments(monkeypatch, ["--dtype", "int4"])
     assert seen["dtype"] == torch.bfloat16 and seen["quantize"] == "int4"
 
 

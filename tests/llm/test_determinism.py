@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from testtime.llm import engine as engine_module
 from testtime.llm.engine import DecodeBatch, Engine, Row
+from testtime.testing import run_decode_batch
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -38,17 +39,6 @@ def _row(prompt: list[int], seed: int) -> Row:
     )
 
 
-def _run(batch: DecodeBatch, joins: dict[int, list[Row]]) -> None:
-    with torch.inference_mode():
-        for step in range(200):
-            if step in joins:
-                batch.admit(joins[step])
-            if not batch.active and all(j <= step for j in joins):
-                return
-            batch.step()
-    raise AssertionError("the batch did not finish")
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("attention", ["masked", "per_row"])
 def test_seeded_rows_are_bit_identical_alone_and_together(tiny_llama_dir, monkeypatch, dtype, attention):
@@ -63,9 +53,9 @@ def test_seeded_rows_are_bit_identical_alone_and_together(tiny_llama_dir, monkey
     ]
     alone = [_row(p, 100 + i) for i, p in enumerate(prompts)]
     for row in alone:
-        _run(DecodeBatch(engine, max_rows=1), {0: [row]})
+        run_decode_batch(DecodeBatch(engine, max_rows=1), {0: [row]})
     together = [_row(p, 100 + i) for i, p in enumerate(prompts)]
-    _run(DecodeBatch(engine, max_rows=8), {0: together[:2], 2: together[2:3], 5: together[3:]})
+    run_decode_batch(DecodeBatch(engine, max_rows=8), {0: together[:2], 2: together[2:3], 5: together[3:]})
     for i, (a, b) in enumerate(zip(alone, together, strict=True)):
         assert b.tokens == a.tokens, i
         assert b.token_logprobs == a.token_logprobs, i  # exactly, not approximately

@@ -11,6 +11,7 @@ from testtime.llm import engine as engine_module
 from testtime.llm.engine import DecodeBatch, Engine, Row, lean_supported
 from testtime.llm.reference import hf_generate_greedy
 from testtime.nn.sampling import sample_next
+from testtime.testing import run_decode_batch
 
 # transformers' Llama normalises in float32 even in a float64 model, testtime.nn's RMSNorm in float64:
 # in float64 the two agree to about 1e-8 (greedy tokens exactly; tests/llm/test_engine.py).
@@ -308,18 +309,6 @@ def test_bfloat16_greedy_matches_generate_in_bfloat16(tiny_llama_dir, lean):
         assert alone == _generate_reference(model, [prompt], 16, [-1])
 
 
-def _run_batch(batch, joins, steps=200):
-    """Step ``batch`` to the end, admitting ``joins[k]`` (a list of rows) before step ``k``."""
-    with torch.inference_mode():
-        for k in range(steps):
-            if k in joins:
-                batch.admit(joins[k])
-            if not batch.active and all(j <= k for j in joins):
-                return
-            batch.step()
-    raise AssertionError("the batch did not finish")
-
-
 @pytest.mark.parametrize("chunk", [1, 3, 5])
 def test_chunked_prefill_equals_whole_prefill(model64, chunk):
     """Prompts prefilled in chunks while other rows decode (rows joining at different steps, repeats of one
@@ -333,11 +322,11 @@ def test_chunked_prefill_equals_whole_prefill(model64, chunk):
 
     engine = Engine(model64, lean=True)
     whole = rows()
-    _run_batch(DecodeBatch(engine, max_rows=8), {0: whole})
+    run_decode_batch(DecodeBatch(engine, max_rows=8), {0: whole})
     chunked = rows()
     batch = DecodeBatch(engine, max_rows=8, prefill_chunk=chunk)
     # Staggered: the long prompt's chunks share forwards with decoding rows; its repeat joins later.
-    _run_batch(batch, {0: chunked[1:3], 2: chunked[:1] + chunked[3:5], 4: chunked[5:]})
+    run_decode_batch(batch, {0: chunked[1:3], 2: chunked[:1] + chunked[3:5], 4: chunked[5:]})
     assert [r.tokens for r in whole] == expected
     assert [r.tokens for r in chunked] == expected
     for a, b in zip(chunked, whole, strict=True):
@@ -359,11 +348,11 @@ def test_chunked_prefill_keeps_seeded_rows_independent(model64):
 
     engine = Engine(model64, lean=True)
     alone = row(long_prompt, 5)
-    _run_batch(DecodeBatch(engine, max_rows=1), {0: [alone]})
+    run_decode_batch(DecodeBatch(engine, max_rows=1), {0: [alone]})
     for chunk in (2, 4, None):
         together = row(long_prompt, 5)
         others = [row(p, 10 + i) for i, p in enumerate(PROMPTS)]
-        _run_batch(
+        run_decode_batch(
             DecodeBatch(engine, max_rows=8, prefill_chunk=chunk),
             {0: others[:2], 1: [together], 3: others[2:]},
         )
