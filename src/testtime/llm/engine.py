@@ -396,7 +396,7 @@ class _Prefill:
 # rows (per-request determinism).
 ATTENTION_WIDTH_QUANTUM = 64
 
-# Decoding attention runs row by row (each row over its own cached columns, no mask) instead of one masked
+# Decoding attention runs row by row (each row over its own columns, see above) instead of one masked
 # call over the longest row's columns when the masked call would carry more than this many padding columns
 # per row: on a CPU one SDPA call costs about as much as 200 masked columns (see docs/benchmarks/serve.md).
 PER_ROW_ATTENTION_PADDING = 192
