@@ -155,3 +155,13 @@ def test_local_llm_serves_int4_through_the_scheduler(tiny_llama_dir):
         assert all(c.completion_tokens > 0 for c in first)
     finally:
         llm.close()
+
+
+def test_from_name_loads_bfloat16_for_a_quantized_engine(tiny_llama_dir):
+    from testtime.llm.local import LocalLLM
+
+    llm = LocalLLM.from_name(tiny_llama_dir, quantize="int8")
+    try:
+        assert llm.engine.dtype == torch.bfloat16 and llm.engine.quantize == "int8"
+    finally:
+        llm.close()

@@ -104,10 +104,14 @@ class LocalLLM(BaseLLM):
         Args:
             name: the model.
             max_batch_size: see the class.
-            dtype: the weights' dtype (None: float32; ``torch.bfloat16`` for bf16 decoding).
+            dtype: the weights' dtype (None: float32, or bfloat16 when ``quantize`` is given, which needs it;
+                ``torch.bfloat16`` for bf16 decoding).
             **kwargs: the class's other arguments.
         """
         from testtime.llm.loading import load_model
+
+        if dtype is None and kwargs.get("quantize") is not None:
+            dtype = torch.bfloat16
 
         model, tokenizer = load_model(name) if dtype is None else load_model(name, dtype=dtype)
         label = "smollm2-135m-instruct" if name is None else os.fspath(name)
