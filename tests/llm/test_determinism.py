@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from testtime.llm import engine as engine_module
 from testtime.llm.engine import DecodeBatch, Engine, Row
+from testtime.nn.quant import quantized_products_available
 from testtime.testing import run_decode_batch
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -39,15 +40,21 @@ def _row(prompt: list[int], seed: int) -> Row:
     )
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("dtype", "quantize"), [(torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, "int4")]
+)
 @pytest.mark.parametrize("attention", ["masked", "per_row"])
-def test_seeded_rows_are_bit_identical_alone_and_together(tiny_llama_dir, monkeypatch, dtype, attention):
+def test_seeded_rows_are_bit_identical_alone_and_together(
+    tiny_llama_dir, monkeypatch, dtype, quantize, attention
+):
     """Rows of lengths on both sides of 64-column boundaries, joining at different steps: tokens and
     log-probabilities equal those of each row alone, whichever decoding attention the batch uses."""
+    if quantize is not None and not quantized_products_available(quantize):
+        pytest.skip(f"no {quantize} products here")
     padding = 10**9 if attention == "masked" else -1  # never / always row by row
     monkeypatch.setattr(engine_module, "PER_ROW_ATTENTION_PADDING", padding)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=dtype).eval()
-    engine = Engine(model, lean=True)
+    engine = Engine(model, lean=True, quantize=quantize)
     prompts = [
         [(7 * j + 3 * k + 1) % 250 for j in range(length)] for k, length in enumerate((3, 60, 70, 130))
     ]

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from testtime.llm import engine as engine_module
 from testtime.llm.engine import Engine
 from testtime.nn.quant import dequantize, quantize, quantized_products_available
+from testtime.testing import run_decode_batch
 
 pytestmark = pytest.mark.skipif(
     not (quantized_products_available("int4") and quantized_products_available("int8")),
@@ -74,25 +75,31 @@ def test_quantized_engine_computes_the_dequantized_model(tiny_llama_dir, kind):
         assert logprobs == pytest.approx(want, abs=0.01)
 
 
-def test_both_product_paths_are_used_and_agree(tiny_llama_dir, monkeypatch):
-    """Few rows go through the int4 kernel, many through the dense copy; the greedy tokens agree."""
+def test_decoding_rows_take_the_integer_kernel_and_prompt_tokens_the_dense_copy(tiny_llama_dir, monkeypatch):
+    """Which kernel a row takes depends on what the row is (decoding token or prompt token), not on the batch."""
     model = _bf16(tiny_llama_dir)
-    calls = {"small": 0, "large": 0}
+    seen: list[tuple[int, int]] = []  # (rows, decoding rows) of every quantized product
     original = engine_module._QuantizedLinear.__call__
 
-    def counting(self, x):
-        calls["small" if x.numel() // x.shape[-1] <= self.max_rows else "large"] += 1
+    def recording(self, x):
+        seen.append((x.shape[0], self.split.decoding))
         return original(self, x)
 
-    monkeypatch.setattr(engine_module._QuantizedLinear, "__call__", counting)
+    monkeypatch.setattr(engine_module._QuantizedLinear, "__call__", recording)
     engine = Engine(model, quantize="int4")
-    alone = [engine.generate([p], max_new_tokens=8).tokens[0] for p in PROMPTS]
-    assert calls["small"] > 0
-    calls.update(small=0, large=0)
-    together = engine.generate(PROMPTS * 2, max_new_tokens=8).tokens  # 8 rows: dense while all decode
-    assert calls["large"] > 0
-    agree = sum(a == b for a, b in zip(alone * 2, together, strict=True))
-    assert agree >= 6, "the two paths multiply by the same weights: only rounding ties may differ"
+    engine.generate(PROMPTS, max_new_tokens=4)
+    assert any(d == 0 for _, d in seen), "prefill: prompt tokens only"
+    assert any(d == n for n, d in seen if d), "decoding steps: decoding rows only"
+    seen.clear()
+    batch = engine_module.DecodeBatch(engine, max_rows=8)
+    run_decode_batch(
+        batch,
+        {
+            0: [engine_module.Row(prompt=PROMPTS[0], max_new_tokens=6)],
+            2: [engine_module.Row(prompt=PROMPTS[2], max_new_tokens=3)],
+        },
+    )
+    assert any(0 < d < n for n, d in seen), "a prompt joining running rows: both kinds in one forward"
 
 
 @pytest.mark.parametrize("edit", ["fused_adamw", "data"])

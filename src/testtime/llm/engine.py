@@ -59,11 +59,11 @@ only where the hardware multiplies bfloat16 natively (AVX-512 BF16 / AMX with on
 AVX2-only CPU oneDNN has no bfloat16 kernel here and it runs slower than float32.
 
 **Weight-only int4 / int8** (``Engine(model16, quantize="int4")``, :mod:`testtime.nn.quant`): on a bfloat16
-model on the CPU, products over up to :data:`QUANTIZED_MAX_ROWS` rows read integer weights (int4 in groups of
-32 as in GGUF's Q4_1, the LM head in int8), which makes single-stream decoding about 1.75x faster than
-bfloat16 (it is bound by the bytes of weights read per token); products over more rows multiply by a dense
-bfloat16 copy of the same dequantized weights, where the integer kernels are slower. docs/llm.md gives the
-speed and accuracy measured.
+model on the CPU, decoding tokens multiply by integer weights (int4 in groups of 32 as in GGUF's Q4_1, the
+LM head in int8), which makes single-stream decoding about 1.8x faster than bfloat16 (it is bound by the
+bytes of weights read per token); prompt tokens multiply by a dense bfloat16 copy of the same dequantized
+weights, where the integer kernels are slower. The integer kernels lose to bfloat16 beyond about 8
+decoding rows. docs/llm.md gives the speed and accuracy measured.
 
 Log-probabilities are those of the model's raw distribution (temperature 1, no top-p) unless a row asks for
 the temperature-scaled one (``logprobs_scaled``); :meth:`Engine.score` gives raw log-probabilities of given
@@ -338,29 +338,40 @@ def _one_row_differs(out_features: int, in_features: int, dtype: torch.dtype) ->
     return _ONE_ROW_DIFFERS[key]
 
 
-#: The most rows a weight-only quantized product takes through its integer kernel; more rows use the dense
-#: copy of the same weights. torch's CPU int4 kernel expands the weights once per row (about 1.3 ms per row
-#: for SmolLM2's layers), so it beats oneDNN's bfloat16 product on up to about 6 rows and int8's up to 2
-#: (benchmarks/generate.py, docs/benchmarks/generate.md).
-QUANTIZED_MAX_ROWS = {"int4": 6, "int8": 2}
+class _RowSplit:
+    """How many leading rows of the running forward are decoding tokens (shared by an engine's products)."""
+
+    decoding = 0
 
 
 class _QuantizedLinear:
-    """A weight-only int4 / int8 product (:mod:`testtime.nn.quant`) for a few rows, the same weights dense beyond.
+    """A weight-only int4 / int8 product (:mod:`testtime.nn.quant`) for decoding tokens, the same weights dense
+    for prompt tokens.
 
-    Decoding a few rows multiplies through the integer kernel (fewer bytes to read); prefill chunks and
-    large batches multiply by the dequantized weights in bfloat16 (pre-packed for oneDNN when available).
-    Both represent the same weights, so the path changes rounding only, as batching does in bfloat16.
+    A decoding token's row multiplies through the integer kernel (fewer bytes to read per token); prompt
+    tokens (prefill chunks, :meth:`Engine.score`) multiply by the dequantized weights in bfloat16, pre-packed
+    for oneDNN when available, since torch's integer kernels expand the weights once per row and lose to a
+    dense product beyond a few rows. The choice is made per row by what the row is, never by how many rows
+    share the forward, and both kernels give a row the same result whatever the other rows: a seeded request
+    decodes the same alone and in any batch. The cost is speed at large batches, where the integer kernel
+    is slower than the dense one (docs/benchmarks/generate.md).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, kind: str, prepack: bool) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, *, kind: str, prepack: bool, split: _RowSplit
+    ) -> None:
         self.small, dense = quantize_with_dense(weight, bias, kind=kind)  # type: ignore[arg-type]
         self.large = _Linear(dense, self.small.bias, prepack=prepack)
-        self.max_rows = QUANTIZED_MAX_ROWS[kind]
+        self.split = split
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        return self.small(x) if rows <= self.max_rows else self.large(x)
+        """``x``: ``[N, K]``, its first ``split.decoding`` rows decoding tokens (any shape when none are)."""
+        decoding = self.split.decoding
+        if decoding == 0:
+            return self.large(x)
+        if decoding >= x.shape[0]:
+            return self.small(x)
+        return torch.cat([self.small(x[:decoding]), self.large(x[decoding:])])
 
 
 @dataclass
@@ -863,6 +874,7 @@ class Engine:
             raise ValueError("prepack=True needs the lean path on a CPU with oneDNN, in float32 or bfloat16")
         self.prepack = available if prepack is None else bool(prepack)
         self.quantize = self._check_quantize(quantize)
+        self._split = _RowSplit()  # quantized products: which rows of the running forward are decoding
         # The weight-update contract: steps run one at a time, never while weights change.
         self._condition = threading.Condition()
         self._busy = False
@@ -1045,7 +1057,7 @@ class Engine:
         """One weight product of the lean path: quantized (``kind``), oneDNN pre-packed, or ``F.linear``."""
         if kind is None:
             return _Linear(weight, bias, prepack=self.prepack)
-        return _QuantizedLinear(weight, bias, kind=kind, prepack=self.prepack)
+        return _QuantizedLinear(weight, bias, kind=kind, prepack=self.prepack, split=self._split)
 
     def _norm_gain(self, weight: torch.Tensor) -> torch.Tensor:
         """An RMSNorm gain as :meth:`_norm` takes it: a float32 (float64) copy, doubled for the LayerNorm form."""
@@ -1057,15 +1069,13 @@ class Engine:
     def _norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         """RMSNorm of the lean path: exact (:func:`rms_norm_fused`) unless products are quantized anyway.
 
-        With quantized weights the LayerNorm form (:func:`rms_norm_by_layer_norm`), twice as fast for up to
-        32 rows and equal up to the rounding of the variance, is used there: int4 weights move every output
+        With quantized weights the LayerNorm form (:func:`rms_norm_by_layer_norm`), twice as fast for a few
+        rows and equal up to the rounding of the variance, is used there: int4 weights move every output
         far more.
         """
         if self.quantize is None:
             return rms_norm_fused(x, gain, eps=self.eps)
-        if x.numel() <= 32 * x.shape[-1]:
-            return rms_norm_by_layer_norm(x, gain, eps=self.eps)
-        return rms_norm_fused(x, gain[: x.shape[-1]], eps=self.eps)  # faster for many rows
+        return rms_norm_by_layer_norm(x, gain, eps=self.eps)
 
     def _sync_weights(self) -> None:
         """Re-fuse the layers whose parameters changed since they were read (cheap when none did)."""
@@ -1146,6 +1156,7 @@ class Engine:
         nh, nk, d = self.num_heads, self.num_kv_heads, self.head_dim
         groups = nh // nk
         assert self._misc is not None, "_sync_weights runs before any forward"
+        self._split.decoding = 0  # scoring: every position is a prompt token (dense products)
         x = F.embedding(ids, self._misc[1])
         table_cos, table_sin = self._rope_tables(int(positions.max()) + 1)
         cos = table_cos[positions].unsqueeze(2)  # [B, S, 1, D]
@@ -1226,6 +1237,8 @@ class Engine:
         groups = nh // nk
         b = num_decode
         assert self._misc is not None, "_sync_weights runs before any forward"
+        # The first b rows (and the first b outputs, for the LM head after this) are decoding tokens.
+        self._split.decoding = b
         x = F.embedding(ids, self._misc[1])
         top = max([n for n in decode_lengths] + [start + count for _, _, _, start, count in segments])
         table_cos, table_sin = self._rope_tables(top)
