@@ -43,18 +43,15 @@ def _row(prompt: list[int], seed: int) -> Row:
 @pytest.mark.parametrize(
     ("dtype", "quantize"), [(torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, "int4")]
 )
-@pytest.mark.parametrize("attention", ["masked", "per_row"])
-def test_seeded_rows_are_bit_identical_alone_and_together(
-    tiny_llama_dir, monkeypatch, dtype, quantize, attention
-):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_seeded_rows_are_bit_identical_alone_and_together(tiny_llama_dir, dtype, quantize, threads):
     """Rows of lengths on both sides of 64-column boundaries, joining at different steps: tokens and
-    log-probabilities equal those of each row alone, whichever decoding attention the batch uses."""
+    log-probabilities equal those of each row alone (the engine's default settings)."""
     if quantize is not None and not quantized_products_available(quantize):
         pytest.skip(f"no {quantize} products here")
-    padding = 10**9 if attention == "masked" else -1  # never / always row by row
-    monkeypatch.setattr(engine_module, "PER_ROW_ATTENTION_PADDING", padding)
+    assert engine_module.DETERMINISTIC_ATTENTION
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=dtype).eval()
-    engine = Engine(model, lean=True, quantize=quantize)
+    engine = Engine(model, lean=True, quantize=quantize, num_threads=threads)
     prompts = [
         [(7 * j + 3 * k + 1) % 250 for j in range(length)] for k, length in enumerate((3, 60, 70, 130))
     ]

@@ -412,6 +412,14 @@ ATTENTION_WIDTH_QUANTUM = 64
 # per row: on a CPU one SDPA call costs about as much as 200 masked columns (see docs/benchmarks/serve.md).
 PER_ROW_ATTENTION_PADDING = 192
 
+# On the CPU with more than one thread, SDPA's result for a row also depends on how many rows share the call
+# (its work split across threads; measured with 2 threads: the same row alone and in a batch of 2-8
+# differed in 90% of float32 rows by float rounding and in 1 of 1,500 bfloat16 rows; with one thread
+# never). For per-request determinism, decoding attention on the CPU therefore runs row by row, every
+# row in its own one-row call exactly as it runs alone. False: batch rows into one masked call where
+# PER_ROW_ATTENTION_PADDING allows (faster for many similar-length rows, not batch-invariant).
+DETERMINISTIC_ATTENTION = True
+
 #: Prompt tokens per forward when a batch prefills in chunks (the scheduler's default; see DecodeBatch).
 DEFAULT_PREFILL_CHUNK = 256
 
@@ -1258,7 +1266,10 @@ class Engine:
             per_row = (
                 device.type == "cpu"
                 and b > 1
-                and b * max(decode_lengths) - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
+                and (
+                    DETERMINISTIC_ATTENTION
+                    or b * max(decode_lengths) - sum(decode_lengths) > PER_ROW_ATTENTION_PADDING * b
+                )
             )
             # Additive float masks, made once per step (SDPA converts a boolean one at every call).
             if per_row:
