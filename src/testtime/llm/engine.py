@@ -28,8 +28,8 @@ The cache is a block of *slots* ``[L, R, Nk, C, D]``: each decoding row owns slo
 tokens in columns ``[0, length)`` (right padding, a per-row write column), so a row can join at any step
 without touching the others, and a leaving row's slot is refilled by moving the last row into it; a prompt
 whose prefill spans several steps waits in a staging slot. Decoding attention reads each row's own columns
-only (one masked call over the longest row's columns when the rows' lengths are close, one call per row
-when a long row would make the others read mostly padding). Positions count from each prompt's first
+only, on the CPU in one call per row (batch-invariant; see DETERMINISTIC_ATTENTION), elsewhere in one
+masked call over the longest row's columns unless a long row would make the others read mostly padding. Positions count from each prompt's first
 token, as ``generate``'s left padding does, so greedy output is token-identical to ``generate`` (up to
 float rounding ties, which float64 removes; tests/llm/test_engine.py), chunked or not.
 On the fallback path rows join only an empty batch (the model's own cache is not built for joins) and are
