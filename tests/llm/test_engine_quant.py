@@ -132,6 +132,12 @@ def test_bad_settings_are_clear_errors(tiny_llama_dir):
         Engine(model, quantize="fp4")
     with pytest.raises(ValueError, match="lean forward"):
         Engine(model, quantize="int4", lean=False)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"NaN or infinite weights \(model\.layers\.1\.mlp\.down_proj\.weight\)"
+    ):
+        Engine(model, quantize="int4")
 
 
 def test_int4_needs_input_sizes_divisible_by_32(tmp_path):

@@ -916,6 +916,12 @@ class Engine:
             )
         if not quantized_products_available(kind):  # type: ignore[arg-type]
             raise ValueError(f"this torch build has no weight-only {kind} products on the CPU")
+        broken = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise ValueError(
+                f"quantize={kind!r}: the model has NaN or infinite weights ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}), which cannot be quantized"
+            )
         if kind == "int4":
             config = self.model.config
             heads = config.num_attention_heads
