@@ -8,7 +8,7 @@ weights packed once, and drops the overhead (measured in docs/benchmarks/generat
 - **Lean path** (Llama, Mistral without sliding window, Qwen2, SmolLM2: ``model.model.layers[i]`` with
   ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` as plain ``nn.Linear``, SiLU, RMSNorm, no
   q/k norms): its own forward reading the HF weights, with RMSNorm, RoPE and the token sampler of
-  ``testtime.nn`` (RoPE in the activations' dtype, :func:`testtime.nn.fused.apply_rope_native`, equal to
+  ``testtime.nn`` (RoPE in the activations' dtype, :func:`testtime.nn.fused.apply_rope_swapped`, equal to
   the plain form in float32 and rounding like transformers in bfloat16, with tables from the model's own
   rotary module, so any RoPE scaling it implements applies), fused QKV and gate/up matrices, SDPA with
   the query heads of one KV group folded into the query length while decoding (no K/V repetition), logits
